@@ -1,0 +1,123 @@
+"""Architectures for 48x48 grayscale faces, and a registry: build(name, **args)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .emotions import NUM_CLASSES
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build(name: str, **args) -> nn.Module:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r} (choose from {', '.join(names())})")
+    return _REGISTRY[name](**args)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+@register("classic")
+def classic(widths=(32, 64, 128, 256), hidden: int = 256, dropout: float = 0.3, num_classes: int = NUM_CLASSES):
+    """The FER-tutorial CNN: [conv-BN-ReLU x2, maxpool, dropout] blocks, then a dense head."""
+    layers: list[nn.Module] = []
+    cin = 1
+    for w in widths:
+        layers += [_conv_bn(cin, w), _conv_bn(w, w), nn.MaxPool2d(2), nn.Dropout(dropout / 2)]
+        cin = w
+    return nn.Sequential(
+        *layers,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(cin, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(cin, cout, stride), _conv_bn(cout, cout, act=False))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.skip(x))
+
+
+@register("resnet")
+def resnet(widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), dropout: float = 0.2, num_classes: int = NUM_CLASSES):
+    """ResNet-18 layout for 48 px: 3x3 stem and no early downsampling (48 -> 48, 24, 12, 6)."""
+    layers: list[nn.Module] = [_conv_bn(1, widths[0])]
+    cin = widths[0]
+    for i, (w, d) in enumerate(zip(widths, depths)):
+        for j in range(d):
+            layers.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+            cin = w
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+    )
+
+
+class SeparableBlock(nn.Module):
+    """Depthwise 3x3 + pointwise 1x1 with a residual when shapes allow (MobileNet-style)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.dw = _conv_bn(cin, cin, stride, groups=cin)
+        self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.pw(self.dw(x))
+        return x + y if self.residual else y
+
+
+@register("fastnet")
+def fastnet(widths=(32, 64, 128, 256), depths=(1, 2, 2, 2), dropout: float = 0.2, num_classes: int = NUM_CLASSES):
+    """Small and quick on CPU: one full conv at 48 px, then separable blocks at 24, 12, 6 px."""
+    layers: list[nn.Module] = [_conv_bn(1, widths[0] // 2), _conv_bn(widths[0] // 2, widths[0], stride=2)]
+    cin = widths[0]
+    for i, (w, d) in enumerate(zip(widths, depths)):
+        for j in range(d):
+            layers.append(SeparableBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+            cin = w
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def forward_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model(x).float(), dim=1)

@@ -1,0 +1,90 @@
+"""The one path from an image to the model's input, shared by training, evaluation and labeling.
+
+    decode(bytes) -> PIL image        (safe: size limits, EXIF orientation, any mode)
+    to_gray48(image) -> uint8 HxW      (grayscale, resized to the model's input size)
+    normalize(uint8 batch) -> float    (N,1,H,W), the tensor the model sees
+
+`preprocess(image)` chains the last two for one image; the prepared training data stores the
+output of `to_gray48`, so training and labeling see identical pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+INPUT_SIZE = 48
+# FER-2013 training-set pixel statistics (mean 129.4, std 65.0 on the 0..255 scale).
+MEAN = 0.5074
+STD = 0.2550
+# Refuse decompression bombs well before Pillow's own limit: a face crop never needs 64 MPixel.
+MAX_PIXELS = 64_000_000
+
+
+class DecodeError(ValueError):
+    """The bytes are not an image we can use; the message is a short reason for the output row."""
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode image bytes into a PIL image, upright (EXIF applied), first frame only."""
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DecodeError(f"image too large ({width}x{height})")
+            img.seek(0)
+            img.load()
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DecodeError("image too large (decompression bomb)") from None
+    except Exception as exc:  # Pillow raises many types for bad data; all mean "not usable"
+        raise DecodeError(f"cannot decode image: {type(exc).__name__}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:
+        pass  # a broken EXIF block should not cost us an otherwise good image
+    return img
+
+
+def to_gray48(img: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """Any PIL image (any mode, bit depth, alpha) -> uint8 array (size, size), grayscale."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    gray = img.convert("L")
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def normalize(pixels, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """uint8 (H,W), (N,H,W) or (N,1,H,W) array/tensor -> float32 (N,1,H,W) normalised."""
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()  # torch refuses to wrap read-only buffers (e.g. from Arrow)
+    t = torch.as_tensor(pixels)
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    return (t.float() / 255.0 - mean) / std
+
+
+def preprocess(img: Image.Image, size: int = INPUT_SIZE, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """One decoded image -> the model's input (1, 1, size, size)."""
+    return normalize(to_gray48(img, size), mean, std)

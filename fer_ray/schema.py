@@ -1,0 +1,32 @@
+"""The labeling job's output: one fixed Arrow schema for every file of every run.
+
+One row per (image, face). Error rows have `error` set and null label/probabilities.
+Never name a column `path`: Ray Data's read_parquet drops it."""
+
+import pyarrow as pa
+
+from .emotions import EMOTIONS
+
+PROB_COLUMNS = [f"prob_{e}" for e in EMOTIONS]
+
+LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("face_index", pa.int32(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("confidence", pa.float32()),
+        *[pa.field(c, pa.float32()) for c in PROB_COLUMNS],
+        pa.field("error", pa.string()),
+        pa.field("box_x", pa.int32()),
+        pa.field("box_y", pa.int32()),
+        pa.field("box_w", pa.int32()),
+        pa.field("box_h", pa.int32()),
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
+        pa.field("object_size", pa.int64()),
+        pa.field("object_etag", pa.string()),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("labeled_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)

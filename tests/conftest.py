@@ -1,0 +1,95 @@
+"""Shared fixtures: a real S3-protocol server (moto) on 127.0.0.1, a local Ray, tiny data."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = os.environ.get(
+    "FER_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server in-process; the AWS env vars point every client (s3fs, pyarrow, Ray) at it.
+
+    Session-scoped and started before Ray so that Ray's worker processes inherit the env."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A new, empty bucket per test: returns 's3://name'."""
+    import s3fs
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server, tmp_path_factory):
+    """One local Ray for the whole session (2 CPUs, no dashboard), after the S3 env is set."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+def face_like(seed: int, size: int = 48) -> np.ndarray:
+    """A deterministic uint8 'face' image: varied enough to train a tiny model on."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = 100 + 60 * np.sin(xx / (3 + seed % 5)) * np.cos(yy / (4 + seed % 3))
+    img += rng.normal(0, 10, (size, size))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def image_bytes(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    img = Image.fromarray(pixels)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
