@@ -141,8 +141,9 @@ def _local_copy(uri: str) -> str:
     return tmp
 
 
-def load(uri: str | None = None, gpu: bool = False) -> Bundle:
-    """Load a bundle (local dir or s3:// URI; default: the shipped bundle for this device)."""
+def load(uri: str | None = None, gpu: bool = False, optimize: bool = True) -> Bundle:
+    """Load a bundle (local dir or s3:// URI; default: the shipped bundle for this device), in eval
+    mode; `optimize` folds BatchNorm and uses channels-last (inference only, same outputs)."""
     directory = _local_copy(uri) if uri else default_path(gpu)
     meta = read_meta(directory)
     weights = os.path.join(directory, WEIGHTS_FILE)
@@ -161,6 +162,8 @@ def load(uri: str | None = None, gpu: bool = False) -> Bundle:
         raise BundleError(f"bundle {directory}: weights do not match architecture {meta['arch']!r}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval()
+    if optimize:
+        model = models.optimize_for_inference(model)
     return Bundle(model=model, meta=meta, path=directory)
 
 
