@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The README's first command: set up, then run the main jobs on the embedded defaults.
+#   1. label the shipped sample face crops with the shipped model on a local Ray (local folder in,
+#      Parquet out), then summarise the output;
+#   2. if FER-2013 is found (FER_DATA, default ../shared/data), prepare it, train a short demo
+#      model with Ray Train (2 workers) and evaluate it on PrivateTest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+FR=.venv/bin/fer-ray
+OUT=${OUT:-out/demo}
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+echo "== 1. label the shipped samples (shipped model, local Ray) -> $OUT/labels"
+$FR label fer_ray/samples "$OUT/labels"
+$FR query "$OUT/labels" --summary
+$FR query "$OUT/labels" --sql "SELECT label, count(*) AS n, round(avg(confidence), 3) AS mean_conf FROM labels GROUP BY label ORDER BY n DESC"
+$FR report "$OUT/labels" --out "$OUT/report.html"
+
+DATA=${FER_DATA:-../shared/data}
+CSV="$DATA/fer2013.csv.gz"
+[ -f "$CSV" ] || CSV="$DATA/fer2013.csv"
+if [ ! -f "$CSV" ]; then
+  echo "== 2. skipped: FER-2013 not found at $DATA (set FER_DATA; see README 'Getting FER-2013')"
+  exit 0
+fi
+echo "== 2. prepare FER-2013 from $CSV, train a demo model (2 Ray Train workers), evaluate"
+$FR prepare --source "$CSV" --output "$OUT/fer2013"
+$FR train --data "$OUT/fer2013" --arch fastnet --epochs ${EPOCHS:-2} --workers 2 \
+  --storage "$OUT/runs" --name demo
+$FR evaluate --model "$OUT/runs/demo/bundle" --data "$OUT/fer2013" --split PrivateTest --out "$OUT/eval"
+echo "demo outputs in $OUT: labels/, report.html, runs/demo/bundle, eval/ (metrics.json + PNGs)"
