@@ -1,0 +1,348 @@
+"""Evaluation: batched inference (optionally with test-time augmentation), metrics, plots.
+
+The metric functions are pure (numpy in, plain dicts out) so they can be checked by hand:
+
+    metrics(probs, labels)            accuracy, loss, confusion, per-class P/R/F1, confused pairs
+    confused_pairs(confusion, k)      the k largest off-diagonal cells
+    tta_views(x) / predict_probs(...) batched inference, 10-view TTA in plain torch ops
+    plot_*(...)                       matplotlib (Agg) figures written as PNG
+
+`evaluate_split(bundle, split, ...)` ties them together for `fer-ray evaluate`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .emotions import EMOTIONS
+
+# -log(p) of a probability that underflowed to 0 is capped at -log(EPS) (about 27.6).
+EPS = 1e-12
+TTA_ZOOM = 1.125  # corner crops are taken from the image enlarged by this factor (48 -> 54 px)
+
+
+# --------------------------------------------------------------------------- metrics (pure)
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log p(true class) over the rows; probabilities are clipped at EPS."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    p_true = probs[np.arange(len(labels)), labels]
+    return float(np.mean(-np.log(np.clip(p_true, EPS, 1.0))))
+
+
+def confusion(labels, preds, num_classes: int = len(EMOTIONS)) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, preds, labels=list(range(num_classes)))
+
+
+def row_normalize(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (row = recall distribution); empty rows stay 0."""
+    cm = np.asarray(cm, np.float64)
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+
+
+def confused_pairs(cm, classes=EMOTIONS, k: int = 5) -> list[dict]:
+    """The k largest off-diagonal cells: true -> predicted, count, and share of the true class.
+
+    Ties are broken by class order (true, then predicted) so the result is deterministic."""
+    cm = np.asarray(cm)
+    rates = row_normalize(cm)
+    cells = [(int(cm[t, p]), t, p) for t in range(cm.shape[0]) for p in range(cm.shape[1]) if t != p and cm[t, p] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [
+        {"true": classes[t], "predicted": classes[p], "count": n, "rate": round(float(rates[t, p]), 6)}
+        for n, t, p in cells[:k]
+    ]
+
+
+def metrics(probs, labels, classes=EMOTIONS, top_pairs: int = 5) -> dict:
+    """Everything `evaluate` reports for one set of predictions.
+
+    probs: (N, C) class probabilities; labels: (N,) true class indices.
+    precision/recall/F1 come from scikit-learn (zero_division=0); macro_f1 averages F1 over the
+    classes that occur in `labels` (a class absent from the split would otherwise count as 0)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    num_classes = len(classes)
+    if probs.ndim != 2 or probs.shape[1] != num_classes or len(probs) != len(labels):
+        raise ValueError(f"probs must be (N, {num_classes}) with N = len(labels); got {probs.shape} and {labels.shape}")
+    n = len(labels)
+    preds = probs.argmax(axis=1)
+    cm = confusion(labels, preds, num_classes)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=list(range(num_classes)), zero_division=0
+    )
+    present = support > 0
+    per_class = {
+        name: {
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    return {
+        "n": int(n),
+        "accuracy": round(float((preds == labels).mean()), 6) if n else float("nan"),
+        "loss": round(cross_entropy(probs, labels), 6),
+        "macro_f1": round(float(f1[present].mean()), 6) if present.any() else float("nan"),
+        "weighted_f1": round(float((f1 * support).sum() / support.sum()), 6) if n else float("nan"),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "top_confused": confused_pairs(cm, classes, top_pairs),
+    }
+
+
+def subset_metrics(probs, labels, mask) -> dict:
+    """n, accuracy and loss on the rows where mask is True (e.g. rows not seen in Training)."""
+    mask = np.asarray(mask, bool)
+    probs = np.asarray(probs)[mask]
+    labels = np.asarray(labels)[mask]
+    if not len(labels):
+        return {"n": 0, "accuracy": None, "loss": None}
+    return {
+        "n": int(len(labels)),
+        "accuracy": round(float((probs.argmax(1) == labels).mean()), 6),
+        "loss": round(cross_entropy(probs, labels), 6),
+    }
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM) -> torch.Tensor:
+    """(N, 1, H, W) -> (10, N, 1, H, W): the image and its four zoomed corner crops, each also flipped.
+
+    Corner crops come from the image resized by `zoom` (bilinear), so each is a shift + zoom of the
+    original. The set of views is closed under a horizontal flip of the input (left corners mirror
+    right corners), which makes the TTA average exactly flip-invariant."""
+    n, c, h, w = x.shape
+    big_h, big_w = round(h * zoom), round(w * zoom)
+    views = [x]
+    if (big_h, big_w) != (h, w):
+        big = F.interpolate(x, size=(big_h, big_w), mode="bilinear", align_corners=False, antialias=False)
+        dy, dx = big_h - h, big_w - w
+        for oy, ox in ((0, 0), (0, dx), (dy, 0), (dy, dx)):
+            views.append(big[:, :, oy : oy + h, ox : ox + w])
+    views += [v.flip(-1) for v in views]
+    return torch.stack(views)
+
+
+@torch.no_grad()
+def _forward(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    if not tta:
+        return torch.softmax(model(x).float(), dim=1)
+    views = tta_views(x)  # (V, N, 1, H, W)
+    v, n = views.shape[:2]
+    probs = torch.softmax(model(views.reshape(v * n, *views.shape[2:])).float(), dim=1)
+    return probs.reshape(v, n, -1).mean(0)
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 256, tta: bool = False
+) -> np.ndarray:
+    """Normalised inputs (N, 1, H, W) on any device -> class probabilities (N, C) as float32 numpy.
+
+    With tta, the probabilities are the mean softmax over `tta_views` (10 forward passes per image,
+    run as one batch of 10 x batch_size)."""
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start : start + batch_size].to(device, non_blocking=True)
+        out.append(_forward(model, x, tta).cpu())
+    if not out:
+        return np.zeros((0, len(EMOTIONS)), np.float32)
+    return torch.cat(out).numpy()
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: list[dict], path: str, title: str = "") -> bool:
+    """Loss and accuracy per epoch, train vs val, from a bundle's training history.
+
+    Returns False (and writes nothing) when the history has nothing to draw."""
+    rows = [h for h in (history or []) if isinstance(h, dict) and "epoch" in h]
+    if not rows:
+        return False
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in rows]
+
+    def series(key):
+        return [h.get(key) if h.get(key) is not None else math.nan for h in rows]
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    marker = "o" if len(rows) <= 30 else None
+    for ax, metric, label in ((axes[0], "loss", "loss (cross-entropy)"), (axes[1], "acc", "accuracy")):
+        ax.plot(epochs, series(f"train_{metric}"), marker=marker, ms=3, label="train")
+        ax.plot(epochs, series(f"val_{metric}"), marker=marker, ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    val_acc = np.array(series("val_acc"), float)
+    best_note = None
+    if np.isfinite(val_acc).any():
+        best = int(np.nanargmax(val_acc))
+        axes[1].axvline(epochs[best], color="gray", ls=":", lw=1)
+        best_note = f"best val {val_acc[best]:.3f} (epoch {epochs[best]})"
+    lr = series("lr")
+    if any(np.isfinite(lr)):
+        ax_lr = axes[0].twinx()
+        ax_lr.plot(epochs, lr, color="gray", ls="--", lw=1, label="learning rate")
+        ax_lr.set_ylabel("learning rate", color="gray")
+        ax_lr.tick_params(axis="y", colors="gray", labelsize=8)
+        lines = axes[0].get_legend_handles_labels()[0] + ax_lr.get_legend_handles_labels()[0]
+        axes[0].legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=9, framealpha=0.8)
+    else:
+        axes[0].legend(fontsize=9)
+    axes[1].legend(loc="best", fontsize=9, framealpha=0.8, title=best_note, title_fontsize=9)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title or "training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_confusion(cm, path: str, classes=EMOTIONS, title: str = "") -> None:
+    """Two heatmaps: raw counts and row-normalised (each row = how that true class was predicted)."""
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    norm = row_normalize(cm)
+    k = len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    panels = (
+        (axes[0], cm, "counts", lambda i, j: f"{cm[i, j]:d}"),
+        (axes[1], norm, "row-normalised (recall on the diagonal)", lambda i, j: f"{norm[i, j]:.2f}"),
+    )
+    for ax, values, name, text in panels:
+        vmax = values.max() if values.max() > 0 else 1
+        im = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+        ax.set_xticks(range(k), classes, rotation=35, ha="right")
+        ax.set_yticks(range(k), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j, i, text(i, j), ha="center", va="center", fontsize=9,
+                    color="white" if values[i, j] > 0.55 * vmax else "black",
+                )
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_indices(labels, count: int = 40, seed: int = 0) -> np.ndarray:
+    """A reproducible sample of rows, spread over the classes present (round-robin per class)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < min(count, len(labels)):
+        for pool in pools:
+            if pool and len(picked) < count:
+                picked.append(int(pool.pop()))
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+def plot_samples(pixels, labels, probs, path: str, classes=EMOTIONS, count: int = 40, cols: int = 8,
+                 title: str = "") -> None:
+    """A grid of images with true and predicted labels; green when right, red when wrong."""
+    plt = _pyplot()
+    idx = sample_indices(labels, count)
+    rows = max(1, math.ceil(len(idx) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.95), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), idx):
+        pred = int(np.argmax(probs[i]))
+        ok = pred == int(labels[i])
+        ax.imshow(pixels[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(
+            f"true {classes[int(labels[i])]}\npred {classes[pred]} {probs[i][pred]:.0%}",
+            fontsize=8, color="#1a7f37" if ok else "#cf222e", pad=2,
+        )
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+    correct = sum(int(np.argmax(probs[i]) == labels[i]) for i in idx)
+    fig.suptitle(f"{title + ' - ' if title else ''}{correct}/{len(idx)} shown correct (green), wrong in red",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the whole evaluation
+
+
+def evaluate_split(bundle, split, batch_size: int = 256, tta: bool = False) -> tuple[dict, np.ndarray]:
+    """Run `bundle` over a prepared split. Returns (metrics dict, probabilities (N, C))."""
+    torch.set_num_threads(available_cores())
+    inputs = bundle.inputs(split.pixels)
+    start = time.perf_counter()
+    probs = predict_probs(bundle.model, inputs, batch_size=batch_size, tta=tta)
+    seconds = time.perf_counter() - start
+    result = metrics(probs, split.labels, bundle.classes)
+    result["not_in_training"] = subset_metrics(probs, split.labels, ~np.asarray(split.in_training, bool))
+    result["seconds"] = round(seconds, 3)
+    result["images_per_second"] = round(len(split) / seconds, 1) if seconds > 0 else None
+    return result, probs
+
+
+def summary_lines(m: dict, classes=EMOTIONS) -> list[str]:
+    """A compact human summary of metrics(): headline, per-class table, top confused pairs."""
+    lines = [f"accuracy {m['accuracy']:.4f}   loss {m['loss']:.4f}   macro-F1 {m['macro_f1']:.4f}   ({m['n']} images)"]
+    nit = m.get("not_in_training")
+    if nit and nit["n"] != m["n"]:
+        acc = "n/a" if nit["accuracy"] is None else f"{nit['accuracy']:.4f}"
+        lines.append(f"not pixel-identical to a Training row: {nit['n']} images, accuracy {acc}")
+    lines.append(f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}")
+    for name in classes:
+        c = m["per_class"][name]
+        lines.append(f"{name:<10}{c['precision']:>10.3f}{c['recall']:>8.3f}{c['f1']:>8.3f}{c['support']:>9d}")
+    if m["top_confused"]:
+        pairs = ", ".join(f"{p['true']}->{p['predicted']} {p['count']} ({p['rate']:.0%})" for p in m["top_confused"])
+        lines.append(f"most confused (true->predicted): {pairs}")
+    return lines
