@@ -1,0 +1,58 @@
+"""Model forward rate on pre-decoded 48x48 tensors (the fast model's speed target: >= 4,000 img/s
+at batch 256 on a 2-core machine). Prints the median of several timed passes per bundle.
+
+    .venv/bin/python benchmarks/bench_model.py [--bundle PATH ...] [--threads 2] [--batch 256]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from fer_ray import bundle, models
+
+
+def forward_rate(model, x, repeats: int) -> float:
+    times = []
+    with torch.inference_mode():
+        model(x)  # warm-up: oneDNN picks its kernels on the first call
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return len(x) / statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", action="append", help="bundle dir (default: the shipped ones)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    paths = args.bundle or [p for p in (bundle.shipped_dir(n) for n in bundle.SHIPPED) if _exists(p)]
+    pixels = np.random.default_rng(0).integers(0, 256, (args.batch, 48, 48), dtype=np.uint8)
+    print(f"threads={args.threads} batch={args.batch} repeats={args.repeats} (median img/s)")
+    for path in paths:
+        plain = bundle.load(path, optimize=False)
+        fast = bundle.load(path)
+        x = plain.inputs(pixels)
+        r_plain = forward_rate(plain.model, x, args.repeats)
+        r_fast = forward_rate(fast.model, x, args.repeats)
+        print(
+            f"{plain.model_id:28s} params={models.count_params(plain.model):>9,d} "
+            f"eager={r_plain:8.0f} optimized={r_fast:8.0f} ({r_fast / r_plain:.2f}x)"
+        )
+
+
+def _exists(path):
+    import os
+
+    return os.path.isfile(os.path.join(path, bundle.META_FILE))
+
+
+if __name__ == "__main__":
+    main()
