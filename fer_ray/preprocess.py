@@ -1,7 +1,8 @@
 """The one path from an image to the model's input, shared by training, evaluation and labeling.
 
     decode(bytes) -> PIL image        (safe: size limits, EXIF orientation, any mode)
-    to_gray48(image) -> uint8 HxW      (grayscale, resized to the model's input size)
+    to_gray(image) -> PIL "L" image    (any mode/bit depth/alpha -> 8-bit grayscale, full size)
+    to_gray48(image) -> uint8 HxW      (to_gray, resized to the model's input size)
     normalize(uint8 batch) -> float    (N,1,H,W), the tensor the model sees
 
 `preprocess(image)` chains the last two for one image; the prepared training data stores the
@@ -15,7 +16,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 INPUT_SIZE = 48
 # FER-2013 training-set pixel statistics (mean 129.4, std 65.0 on the 0..255 scale).
@@ -33,8 +34,14 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode image bytes into a PIL image, upright (EXIF applied), first frame only."""
     if not data:
         raise DecodeError("empty file")
+    # A truncated file must be an error row, not a label on a half-grey face. False is Pillow's
+    # default; enforce it in case another library in this worker process switched it on.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
+            # Pillow's other warnings (corrupt EXIF, odd TIFF tags) are noise for a batch job, and
+            # must not become errors under -W error; only the bomb warning matters here.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
@@ -47,27 +54,38 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DecodeError("image too large (decompression bomb)") from None
     except Exception as exc:  # Pillow raises many types for bad data; all mean "not usable"
+        if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+            raise DecodeError("cannot decode image: truncated") from None
         raise DecodeError(f"cannot decode image: {type(exc).__name__}") from None
     try:
-        img = ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": noise in a job's logs, not an error
+            img = ImageOps.exif_transpose(img)
     except Exception:
         pass  # a broken EXIF block should not cost us an otherwise good image
     return img
 
 
-def to_gray48(img: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
-    """Any PIL image (any mode, bit depth, alpha) -> uint8 array (size, size), grayscale."""
+def to_gray(img: Image.Image) -> Image.Image:
+    """Any PIL image (any mode, bit depth, alpha) -> 8-bit grayscale "L" image of the same size.
+    16-bit and 32-bit integer images are scaled to 0..255 (not clipped); transparency is
+    composited on white (what a viewer shows for a transparent PNG on a page)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
     elif img.mode == "F":
         img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    gray = img.convert("L")
+    return img if img.mode == "L" else img.convert("L")
+
+
+def to_gray48(img: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """Any PIL image (any mode, bit depth, alpha) -> uint8 array (size, size), grayscale."""
+    gray = to_gray(img)
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
     return np.asarray(gray, dtype=np.uint8)
