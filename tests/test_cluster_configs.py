@@ -1,0 +1,398 @@
+"""The deployable cluster configs in cluster/: every YAML parses, carries what its kind requires,
+keeps credentials out, and runs entrypoints and flags that really exist.
+
+The required-field lists below are the `required:` lists of the KubeRay CRDs (ray.io/v1) in
+ray-project/kuberay ray-operator/config/crd/bases/ray.io_{rayclusters,rayjobs,raycronjobs}.yaml
+(as of KubeRay 1.6), plus the Kubernetes core/batch/rbac objects used beside them:
+  RayCluster.spec                  headGroupSpec
+  HeadGroupSpec                    template (rayStartParams: required up to KubeRay 1.1, kept for them)
+  WorkerGroupSpec                  groupName, maxReplicas, minReplicas, template (+ rayStartParams, same)
+  RayJob.spec                      nothing at schema level; the operator needs entrypoint (K8sJobMode)
+                                   and one of rayClusterSpec / clusterSelector
+  RayCronJob.spec                  jobTemplate (a RayJobSpec), schedule   [alpha, KubeRay >= 1.6]
+  PodSpec containers[]             name (and image, which KubeRay's pod builder needs)
+  EnvVar                           name; secretKeyRef: key (+ name, or the Secret is "")
+  CronJob.spec                     jobTemplate, schedule
+The launcher YAML is checked against the schema Ray itself ships (ray/autoscaler/ray-schema.json),
+after the same prepare_config that `ray up` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KUBERAY = os.path.join(ROOT, "cluster", "kuberay")
+AWS = os.path.join(ROOT, "cluster", "aws")
+
+REQUIRED = {
+    "RayCluster.spec": {"headGroupSpec"},
+    "HeadGroupSpec": {"template", "rayStartParams"},
+    "WorkerGroupSpec": {"groupName", "maxReplicas", "minReplicas", "template", "rayStartParams"},
+    "RayCronJob.spec": {"jobTemplate", "schedule"},
+    "CronJob.spec": {"jobTemplate", "schedule"},
+    "Container": {"name", "image"},
+    "EnvVar": {"name"},
+    "SecretKeySelector": {"key", "name"},
+}
+# Fields each object may carry (a typo in a field name is silently dropped by a lenient API server
+# and pruned by a structural CRD): the properties of the same CRD schemas, for the levels we write.
+KNOWN = {
+    "RayCluster.spec": {"suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations",
+                        "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion",
+                        "workerGroupSpecs", "authOptions", "upgradeStrategy"},
+    "HeadGroupSpec": {"template", "headService", "enableIngress", "rayStartParams", "serviceType", "resources",
+                      "labels"},
+    "WorkerGroupSpec": {"suspend", "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds",
+                        "rayStartParams", "template", "scaleStrategy", "numOfHosts", "resources", "labels"},
+    "RayJob.spec": {"activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
+                    "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy", "entrypoint",
+                    "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus",
+                    "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend"},
+    "RayCronJob.spec": {"jobTemplate", "schedule", "suspend"},
+    "autoscalerOptions": {"resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds",
+                          "upscalingMode", "env", "envFrom", "volumeMounts", "version"},
+    "authOptions": {"mode"},
+}
+AUTH_MODES = {"disabled", "token"}
+UPSCALING_MODES = {"Default", "Aggressive", "Conservative"}
+SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+SECRET_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|SESSION)", re.I)
+
+
+def kuberay_files():
+    return sorted(os.path.join(KUBERAY, f) for f in os.listdir(KUBERAY) if f.endswith((".yaml", ".yml")))
+
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def all_docs():
+    for path in kuberay_files():
+        for doc in load_all(path):
+            yield os.path.basename(path), doc
+            if doc.get("kind") == "ConfigMap":  # a RayJob template carried in a ConfigMap
+                for key, text in (doc.get("data") or {}).items():
+                    if key.endswith((".yaml", ".yml")):
+                        for inner in yaml.safe_load_all(text):
+                            if inner:
+                                yield f"{os.path.basename(path)}:{key}", inner
+
+
+def missing(obj: dict, kind: str) -> set:
+    return {k for k in REQUIRED[kind] if k not in obj}
+
+
+def unknown(obj: dict, kind: str) -> set:
+    return set(obj) - KNOWN[kind]
+
+
+def req_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", spec.strip(), maxsplit=1)[0].lower()
+
+
+def req_norm(spec: str) -> str:
+    """'opencv-python-headless >= 4.10, <5' -> 'opencv-python-headless>=4.10,<5' (extras dropped)."""
+    return re.sub(r"\[[^\]]*\]", "", re.sub(r"\s+", "", spec)).lower()
+
+
+def pyproject_dependencies() -> dict[str, str]:
+    """name -> normalized requirement, for fer-ray's runtime dependencies except Ray itself."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    return {req_name(d): req_norm(d) for d in deps if req_name(d) != "ray"}
+
+
+# ------------------------------------------------------------------------------ checks per object
+
+
+def check_containers(where: str, pod_template: dict, errors: list):
+    spec = (pod_template or {}).get("spec") or {}
+    containers = spec.get("containers")
+    if not containers:
+        errors.append(f"{where}: template.spec.containers is required")
+        return
+    for c in containers:
+        if missing(c, "Container"):
+            errors.append(f"{where}: container lacks {sorted(missing(c, 'Container'))}")
+        for env in c.get("env") or []:
+            if missing(env, "EnvVar"):
+                errors.append(f"{where}: env entry without a name")
+            name = env.get("name", "")
+            if "value" in env and SECRET_ENV.search(name):
+                errors.append(f"{where}: {name} is inlined; it must come from a Secret (valueFrom.secretKeyRef)")
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is not None and missing(ref, "SecretKeySelector"):
+                errors.append(f"{where}: {name} secretKeyRef lacks {sorted(missing(ref, 'SecretKeySelector'))}")
+
+
+def check_raycluster_spec(where: str, spec: dict, errors: list):
+    if missing(spec, "RayCluster.spec"):
+        errors.append(f"{where}: spec lacks {sorted(missing(spec, 'RayCluster.spec'))}")
+        return
+    if unknown(spec, "RayCluster.spec"):
+        errors.append(f"{where}: unknown RayCluster spec fields {sorted(unknown(spec, 'RayCluster.spec'))}")
+    if spec.get("authOptions"):
+        if unknown(spec["authOptions"], "authOptions") or spec["authOptions"].get("mode") not in AUTH_MODES:
+            errors.append(f"{where}: bad authOptions {spec['authOptions']}")
+    opts = spec.get("autoscalerOptions") or {}
+    if unknown(opts, "autoscalerOptions"):
+        errors.append(f"{where}: unknown autoscalerOptions fields {sorted(unknown(opts, 'autoscalerOptions'))}")
+    if "upscalingMode" in opts and opts["upscalingMode"] not in UPSCALING_MODES:
+        errors.append(f"{where}: upscalingMode {opts['upscalingMode']!r} not in {sorted(UPSCALING_MODES)}")
+    head = spec["headGroupSpec"]
+    if missing(head, "HeadGroupSpec") or unknown(head, "HeadGroupSpec"):
+        errors.append(f"{where}: headGroupSpec lacks {sorted(missing(head, 'HeadGroupSpec'))} "
+                      f"or has unknown {sorted(unknown(head, 'HeadGroupSpec'))}")
+    check_containers(f"{where} head", head.get("template"), errors)
+    for group in spec.get("workerGroupSpecs") or []:
+        name = group.get("groupName", "?")
+        if missing(group, "WorkerGroupSpec") or unknown(group, "WorkerGroupSpec"):
+            errors.append(f"{where} group {name}: lacks {sorted(missing(group, 'WorkerGroupSpec'))} "
+                          f"or has unknown {sorted(unknown(group, 'WorkerGroupSpec'))}")
+            continue
+        lo, hi, n = group["minReplicas"], group["maxReplicas"], group.get("replicas", group["minReplicas"])
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= n <= hi):
+            errors.append(f"{where} group {name}: need 0 <= minReplicas <= replicas <= maxReplicas, got {lo}/{n}/{hi}")
+        check_containers(f"{where} group {name}", group["template"], errors)
+        if not all(isinstance(v, str) for v in (group.get("rayStartParams") or {}).values()):
+            errors.append(f"{where} group {name}: rayStartParams values must be strings")
+
+
+def check_rayjob_spec(where: str, spec: dict, errors: list):
+    if unknown(spec, "RayJob.spec"):
+        errors.append(f"{where}: unknown RayJob spec fields {sorted(unknown(spec, 'RayJob.spec'))}")
+    if not spec.get("entrypoint"):
+        errors.append(f"{where}: a RayJob in K8sJobMode needs an entrypoint")
+    if not (spec.get("rayClusterSpec") or spec.get("clusterSelector")):
+        errors.append(f"{where}: a RayJob needs rayClusterSpec or clusterSelector")
+    if spec.get("submissionMode", "K8sJobMode") not in SUBMISSION_MODES:
+        errors.append(f"{where}: submissionMode {spec['submissionMode']!r}")
+    if spec.get("rayClusterSpec"):
+        check_raycluster_spec(f"{where} rayClusterSpec", spec["rayClusterSpec"], errors)
+
+
+def rayjob_specs():
+    """(where, RayJobSpec) for every RayJob, RayCronJob template and ConfigMap-carried RayJob."""
+    for where, doc in all_docs():
+        if doc.get("kind") == "RayJob":
+            yield where, doc["spec"]
+        elif doc.get("kind") == "RayCronJob":
+            yield f"{where} jobTemplate", doc["spec"]["jobTemplate"]
+
+
+# ------------------------------------------------------------------------------------- the tests
+
+
+def test_the_expected_manifests_exist():
+    kinds = {doc.get("kind") for _, doc in all_docs()}
+    assert {"RayCluster", "RayJob", "RayCronJob", "CronJob", "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert os.path.isfile(os.path.join(AWS, "cluster.yaml"))
+
+
+@pytest.mark.parametrize("path", kuberay_files(), ids=os.path.basename)
+def test_every_kuberay_yaml_parses_with_kind_and_metadata(path):
+    docs = load_all(path)
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert doc.get("apiVersion") and doc.get("kind"), f"{path}: a document without apiVersion/kind"
+        assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+        if doc["apiVersion"].startswith("ray.io/"):
+            assert doc["apiVersion"] == "ray.io/v1", f"{path}: target ray.io/v1, not {doc['apiVersion']}"
+
+
+def test_raycluster_has_head_cpu_and_gpu_groups_with_autoscaling_bounds():
+    errors = []
+    clusters = [(w, d) for w, d in all_docs() if d.get("kind") == "RayCluster"]
+    assert clusters
+    for where, doc in clusters:
+        spec = doc["spec"]
+        check_raycluster_spec(where, spec, errors)
+        assert spec.get("enableInTreeAutoscaling") is True, f"{where}: autoscaling is off"
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: token authentication is off"
+        groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+        gpu = [g for g in groups.values()
+               if any("nvidia.com/gpu" in (c.get("resources", {}).get("limits") or {})
+                      for c in g["template"]["spec"]["containers"])]
+        cpu = [g for g in groups.values() if g not in gpu]
+        assert gpu and cpu, f"{where}: wants a CPU and a GPU worker group"
+        for g in groups.values():
+            assert g["maxReplicas"] > g["minReplicas"], f"{where} {g['groupName']}: no room to autoscale"
+            for c in g["template"]["spec"]["containers"]:
+                assert c.get("resources", {}).get("limits", {}).get("cpu"), f"{where}: set CPU limits"
+    assert not errors, "\n".join(errors)
+
+
+def test_rayjobs_and_schedules_carry_their_required_fields():
+    errors = []
+    specs = list(rayjob_specs())
+    assert len(specs) >= 4  # train, label, RayCronJob template, CronJob's template
+    for where, spec in specs:
+        check_rayjob_spec(where, spec, errors)
+    for where, doc in all_docs():
+        if doc.get("kind") == "RayCronJob":
+            if missing(doc["spec"], "RayCronJob.spec") or unknown(doc["spec"], "RayCronJob.spec"):
+                errors.append(f"{where}: RayCronJob spec lacks {sorted(missing(doc['spec'], 'RayCronJob.spec'))} "
+                              f"or has unknown {sorted(unknown(doc['spec'], 'RayCronJob.spec'))}")
+            if len(doc["spec"]["schedule"].split()) != 5:
+                errors.append(f"{where}: schedule is not a 5-field cron expression")
+    assert not errors, "\n".join(errors)
+
+
+def test_no_credentials_inline_anywhere():
+    errors = []
+    for where, doc in all_docs():
+        if doc.get("kind") == "Secret":
+            errors.append(f"{where}: ships a Secret; create it with kubectl instead")
+
+        def walk(node, path):
+            if isinstance(node, dict):
+                if "containers" in node and isinstance(node["containers"], list):
+                    check_containers(f"{where} {path}", {"spec": node}, errors)
+                for k, v in node.items():
+                    walk(v, f"{path}.{k}")
+            elif isinstance(node, list):
+                for i, v in enumerate(node):
+                    walk(v, f"{path}[{i}]")
+        walk(doc, "")
+    text = "".join(open(p).read() for p in kuberay_files() + [os.path.join(AWS, "cluster.yaml")])
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text), "an AWS access key id is in the configs"
+    assert not errors, "\n".join(errors)
+    # every S3 key reaches the pods through a secretKeyRef
+    refs = [env for _, doc in all_docs() for env in _envs(doc) if env.get("name") == "AWS_SECRET_ACCESS_KEY"]
+    assert refs and all("secretKeyRef" in (e.get("valueFrom") or {}) for e in refs)
+
+
+def _envs(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("env"), list):
+            yield from node["env"]
+        for v in node.values():
+            yield from _envs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _envs(v)
+
+
+def test_entrypoints_run_real_jobs_with_real_flags():
+    """Each entrypoint is `python jobs/<cmd>.py ARGS`: the script exists and the real parser accepts
+    ARGS, so renaming or dropping a flag in fer_ray/commands/ breaks this test."""
+    from fer_ray.cli import build_parser
+
+    seen = set()
+    for where, spec in rayjob_specs():
+        argv = shlex.split(spec["entrypoint"])
+        assert argv[0] in ("python", "python3"), f"{where}: entrypoint should run python, got {argv[0]}"
+        script = argv[1]
+        assert re.fullmatch(r"jobs/\w+\.py", script), f"{where}: entrypoint runs {script}, not jobs/*.py"
+        assert os.path.isfile(os.path.join(ROOT, script)), f"{where}: {script} does not exist"
+        command = os.path.basename(script)[:-3]
+        args = build_parser(command).parse_args([command, *argv[2:]])  # UsageError on a bad flag
+        assert args.command == command
+        seen.add(command)
+    assert {"train", "label"} <= seen
+
+
+def test_label_schedules_are_incremental():
+    for where, spec in rayjob_specs():
+        argv = shlex.split(spec["entrypoint"])
+        if argv[1] == "jobs/label.py" and ("Cron" in where or ":" in where):
+            assert "--incremental" in argv, f"{where}: a scheduled labeling run must be --incremental"
+
+
+def test_runtime_env_ships_the_code_and_the_dependencies():
+    """working_dir is the code; the pip list is pyproject.toml's dependencies with the same version
+    bounds, so adding or re-pinning a dependency without updating the manifests breaks this."""
+    deps = set(pyproject_dependencies().values())
+    for where, spec in rayjob_specs():
+        env = yaml.safe_load(spec["runtimeEnvYAML"])
+        assert env.get("working_dir"), f"{where}: runtimeEnvYAML has no working_dir (the code)"
+        assert re.match(r"(s3|gs|https)://.+\.zip$", env["working_dir"]), f"{where}: working_dir must be a remote zip"
+        pip = env.get("pip") or {}
+        packages = {req_norm(p) for p in (pip.get("packages", []) if isinstance(pip, dict) else pip)}
+        assert deps <= packages, f"{where}: runtimeEnvYAML pip lacks {sorted(deps - packages)} (pyproject.toml)"
+    with open(os.path.join(AWS, "cluster.yaml")) as f:
+        setup = " ".join(yaml.safe_load(f)["setup_commands"])
+    installed = {req_norm(t) for t in shlex.split(setup)}
+    assert deps <= installed, f"cluster/aws/cluster.yaml setup_commands lack {sorted(deps - installed)}"
+
+
+def test_portable_cronjob_has_the_rbac_its_script_uses():
+    docs = {d["kind"]: d for _, d in all_docs() if d.get("kind") in ("CronJob", "Role", "RoleBinding", "ServiceAccount")}
+    cron, role, binding, sa = docs["CronJob"], docs["Role"], docs["RoleBinding"], docs["ServiceAccount"]
+    assert not missing(cron["spec"], "CronJob.spec")
+    assert cron["spec"].get("concurrencyPolicy") == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] and binding["roleRef"]["kind"] == "Role"
+    assert {"kind": "ServiceAccount", "name": sa["metadata"]["name"]} in binding["subjects"]
+    script = " ".join(" ".join(c.get("command", []) + c.get("args", [])) for c in pod["containers"])
+    used = set(re.findall(r"kubectl (create|get|list|delete|patch|apply|watch)\b", script))
+    used |= {"delete"} if "xargs -r kubectl delete" in script else set()
+    granted = {v for r in role["rules"] if "rayjobs" in r["resources"] and "ray.io" in r["apiGroups"] for v in r["verbs"]}
+    assert used <= granted, f"the script runs kubectl {sorted(used - granted)} without RBAC for it"
+    # the RayJob template it creates is mounted from the ConfigMap it names
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cm = [d for _, d in all_docs() if d.get("kind") == "ConfigMap"][0]
+    assert any(v.get("configMap", {}).get("name") == cm["metadata"]["name"] for v in volumes.values())
+    assert "/spec/rayjob.yaml" in script and "rayjob.yaml" in cm["data"]
+
+
+def test_jobs_that_select_a_cluster_select_the_raycluster_we_ship():
+    names = {d["metadata"]["name"] for _, d in all_docs() if d.get("kind") == "RayCluster"}
+    for where, spec in rayjob_specs():
+        sel = spec.get("clusterSelector")
+        if sel:
+            assert sel.get("ray.io/cluster") in names, f"{where}: selects a cluster that is not in raycluster.yaml"
+
+
+def test_aws_launcher_config_passes_rays_own_schema():
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with open(os.path.join(AWS, "cluster.yaml")) as f:
+        raw = yaml.safe_load(f)
+    with open(os.path.join(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.validate(raw, schema)  # the file as written: no unknown or mistyped fields
+    validate_config(prepare_config(raw))  # what `ray up` checks after filling the AWS defaults
+    types = raw["available_node_types"]
+    assert raw["head_node_type"] in types
+    workers = {k: v for k, v in types.items() if k != raw["head_node_type"]}
+    assert any("g" in v["node_config"]["InstanceType"].split(".")[0] for v in workers.values()), "no GPU worker type"
+    assert any(v["node_config"]["InstanceType"].startswith(("c", "m")) for v in workers.values()), "no CPU worker type"
+    for name, t in types.items():
+        assert t["node_config"].get("IamInstanceProfile"), f"{name}: S3 access should come from an instance profile"
+    start = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "RAY_AUTH_MODE=token" in start
+    assert all("RAY_AUTH_MODE=token" in " ".join(raw["worker_start_ray_commands"]) for _ in [0])
+    assert "AWS_SECRET_ACCESS_KEY" not in open(os.path.join(AWS, "cluster.yaml")).read()
+    with open(os.path.join(AWS, "s3-policy.json")) as f:
+        policy = json.load(f)
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= actions
+
+
+def test_local_scripts_keep_the_job_api_on_localhost_with_token_auth():
+    local = os.path.join(ROOT, "cluster", "local")
+    start = open(os.path.join(local, "start.sh")).read()
+    stop = open(os.path.join(local, "stop.sh")).read()
+    assert "--dashboard-host=127.0.0.1" in start
+    assert "export RAY_AUTH_MODE=token" in start
+    code_lines = [ln for s in (start, stop) for ln in s.splitlines() if not ln.lstrip().startswith("#")]
+    assert not any(re.search(r"\bray\b.*\bstop\b", ln) for ln in code_lines), "never `ray stop` on a shared machine"
+    for script in ("start.sh", "stop.sh", "add-node.sh"):
+        assert os.access(os.path.join(local, script), os.X_OK), f"{script} is not executable"
