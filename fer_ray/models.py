@@ -30,8 +30,8 @@ def build(name: str, **args) -> nn.Module:
     return _REGISTRY[name](**args)
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(cin: int, cout: int, stride: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
     if act:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -86,28 +86,18 @@ def resnet(widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), dropout: float = 0.2
     )
 
 
-class SeparableBlock(nn.Module):
-    """Depthwise 3x3 + pointwise 1x1 with a residual when shapes allow (MobileNet-style)."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.dw = _conv_bn(cin, cin, stride, groups=cin)
-        self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = self.pw(self.dw(x))
-        return x + y if self.residual else y
-
-
 @register("fastnet")
-def fastnet(widths=(32, 64, 128, 256), depths=(1, 2, 2, 2), dropout: float = 0.2, num_classes: int = NUM_CLASSES):
-    """Small and quick on CPU: one full conv at 48 px, then separable blocks at 24, 12, 6 px."""
-    layers: list[nn.Module] = [_conv_bn(1, widths[0] // 2), _conv_bn(widths[0] // 2, widths[0], stride=2)]
+def fastnet(widths=(24, 48, 96), depth: int = 2, dropout: float = 0.2, num_classes: int = NUM_CLASSES):
+    """Small and quick on CPU: a stride-2 stem (48 -> 24 px), then stages of `depth` dense 3x3
+    convs with max-pooling between them, global pooling. Dense convs on purpose: depthwise-separable
+    blocks have fewer FLOPs but trained 2x slower and ran no faster here (oneDNN on 2 cores)."""
+    layers: list[nn.Module] = [_conv_bn(1, widths[0], stride=2)]
     cin = widths[0]
-    for i, (w, d) in enumerate(zip(widths, depths)):
-        for j in range(d):
-            layers.append(SeparableBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+    for i, w in enumerate(widths):
+        if i > 0:
+            layers.append(nn.MaxPool2d(2))
+        for _ in range(depth):
+            layers.append(_conv_bn(cin, w))
             cin = w
     return nn.Sequential(
         *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)

@@ -1,0 +1,141 @@
+"""Training-time augmentation: batched, plain torch ops, on whatever device the batch is on.
+
+Everything works on a normalised float batch (N, 1, H, W) as produced by preprocess.normalize,
+so augmentation never changes the preprocessing that evaluation and labeling see. No torchvision
+(see the platform notes): flips are `torch.where` over a flipped copy, rotation + shift + zoom is
+ONE batched affine warp (`F.affine_grid` + `F.grid_sample`), erasing is a per-sample box mask.
+
+Strengths come from a plain dict (the `augment:` block of a training config); a strength of 0
+turns that transform off, and `augment(x, NONE)` returns x unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DEFAULTS = {
+    "flip": 0.5,  # probability of a horizontal flip
+    "rotate": 10.0,  # max rotation, degrees (uniform in [-rotate, rotate])
+    "shift": 0.1,  # max translation, fraction of the image side
+    "zoom": 0.1,  # max scale change: scale uniform in [1 - zoom, 1 + zoom]
+    "erase": 0.25,  # probability of erasing one random box
+    "erase_area": [0.02, 0.15],  # box area range, fraction of the image
+}
+NONE = {"flip": 0.0, "rotate": 0.0, "shift": 0.0, "zoom": 0.0, "erase": 0.0, "erase_area": [0.02, 0.15]}
+
+
+def resolve(options: dict | None) -> dict:
+    """DEFAULTS overridden by `options`; unknown keys or out-of-range values raise ValueError."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown augment option(s) {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
+    out = {**DEFAULTS, **options}
+    for key in ("flip", "erase"):
+        if not 0.0 <= float(out[key]) <= 1.0:
+            raise ValueError(f"augment {key} is a probability in [0, 1], got {out[key]}")
+    for key in ("rotate", "shift", "zoom"):
+        if float(out[key]) < 0:
+            raise ValueError(f"augment {key} must be >= 0, got {out[key]}")
+    if float(out["zoom"]) >= 1:
+        raise ValueError(f"augment zoom must be < 1, got {out['zoom']}")
+    area = out["erase_area"]
+    if not (isinstance(area, (list, tuple)) and len(area) == 2 and 0 < float(area[0]) <= float(area[1]) < 1):
+        raise ValueError(f"augment erase_area must be [min, max] with 0 < min <= max < 1, got {area}")
+    out = {k: float(v) for k, v in out.items() if k != "erase_area"} | {"erase_area": [float(a) for a in area]}
+    return out
+
+
+def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.rand(n, device=like.device, dtype=torch.float32) * (high - low) + low
+
+
+def hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Flip each sample left-right with probability p (p=1: every sample)."""
+    if p <= 0:
+        return x
+    if p >= 1:
+        return x.flip(-1)
+    mask = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def affine(x: torch.Tensor, rotate: float = 0.0, shift: float = 0.0, zoom: float = 0.0) -> torch.Tensor:
+    """One random rotation (degrees) + translation (fraction of side) + zoom per sample, one warp.
+
+    Pixels pulled from outside the image repeat the border (a face crop continues at its edge
+    better than a black or mean-grey frame)."""
+    if rotate <= 0 and shift <= 0 and zoom <= 0:
+        return x
+    n = x.shape[0]
+    angle = _uniform(n, -rotate, rotate, x) * (math.pi / 180.0)
+    scale = _uniform(n, 1.0 - zoom, 1.0 + zoom, x)
+    # affine_grid maps output coords to input coords in [-1, 1]: a side is 2 units long.
+    tx = _uniform(n, -2 * shift, 2 * shift, x)
+    ty = _uniform(n, -2 * shift, 2 * shift, x)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_erase(x: torch.Tensor, p: float = 0.25, area=(0.02, 0.15), value: float = 0.0) -> torch.Tensor:
+    """With probability p per sample, fill one random box (area fraction in `area`, aspect ratio
+    in [1/3, 3]) with `value` (0 = the dataset mean on a normalised batch)."""
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    frac = _uniform(n, area[0], area[1], x)
+    log_ratio = _uniform(n, math.log(1 / 3), math.log(3), x)
+    ratio = torch.exp(log_ratio)
+    bh = torch.sqrt(frac * h * w * ratio).clamp(1, h)
+    bw = torch.sqrt(frac * h * w / ratio).clamp(1, w)
+    y0 = torch.rand(n, device=x.device) * (h - bh)
+    x0 = torch.rand(n, device=x.device) * (w - bw)
+    yy = torch.arange(h, device=x.device, dtype=torch.float32)[None, :, None]
+    xx = torch.arange(w, device=x.device, dtype=torch.float32)[None, None, :]
+    box = (
+        (yy >= y0[:, None, None])
+        & (yy < (y0 + bh)[:, None, None])
+        & (xx >= x0[:, None, None])
+        & (xx < (x0 + bw)[:, None, None])
+    )
+    box &= (torch.rand(n, device=x.device) < p)[:, None, None]
+    return x.masked_fill(box[:, None], value)
+
+
+def augment(x: torch.Tensor, options: dict) -> torch.Tensor:
+    """Apply flip, affine (rotate/shift/zoom) and erasing with the strengths in a resolve()d dict."""
+    x = hflip(x, options["flip"])
+    x = affine(x, options["rotate"], options["shift"], options["zoom"])
+    return random_erase(x, options["erase"], options["erase_area"])
+
+
+def mix(x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, mixup: float = 0.0, cutmix: float = 0.0):
+    """Mixup (alpha=`mixup`) or CutMix (alpha=`cutmix`) with a shuffled copy of the batch.
+
+    When both are on, each batch picks one at random. targets: (N, K) probabilities; weights: (N,)
+    per-sample loss weights. Returns mixed (x, targets, weights) — the pair's targets and weights
+    are blended with the same lambda as the pixels."""
+    if mixup <= 0 and cutmix <= 0:
+        return x, targets, weights
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)  # the area actually pasted
+    else:
+        x = lam * x + (1.0 - lam) * x[perm]
+    return x, lam * targets + (1.0 - lam) * targets[perm], lam * weights + (1.0 - lam) * weights[perm]

@@ -1,0 +1,491 @@
+"""The training job: a resolved config -> Ray Train (or one process) -> checkpoints -> a model bundle.
+
+Ray stays at the edges. `run(config)`:
+  1. resolves and validates the config (defaults < the run's saved config.yaml < --config file <
+     flags), saves it as <storage>/<name>/config.yaml;
+  2. workers >= 1: a TorchTrainer with `workers` data-parallel workers (DDP), checkpoints to
+     <storage>/<name>/checkpoint_* through Ray Train (local folder or s3://); re-running the same
+     name resumes from the latest checkpoint, and a failed worker is retried `max_failures` times
+     from it. workers == 0: the same loop in this process (no Ray imported), a local reporter
+     that prints and writes <storage>/<name>/checkpoint_local_<epoch>/ — how it trains on a GPU
+     machine without Ray;
+  3. writes the bundle of the best-val-accuracy weights to <storage>/<name>/bundle.
+
+Every worker loads the prepared splits itself and takes a rank-strided share of a per-epoch
+permutation of the in-memory uint8 array (loop.ArrayBatches): no DataLoader worker processes, no
+per-sample collation, no object-store traffic — on 2 CPUs every cycle goes to the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import MISSING, fields
+
+import torch
+
+from . import bundle, data, loop, models, storage
+from .errors import FerRayError, UsageError
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+BUNDLE_DIR = "bundle"
+LOCAL_CKPT_PREFIX = "checkpoint_local_"
+
+# Run-level settings; the loop's own settings (loop.FitConfig fields) complete the config.
+RUN_DEFAULTS = {
+    "data": None,  # prepared data dir (fer-ray prepare --output), local or s3://
+    "arch": "classic",
+    "arch_args": {},
+    "workers": 2,  # Ray Train workers; 0 = one process without Ray
+    "cpus_per_worker": None,  # Ray CPUs (= torch threads) per worker; None: cluster CPUs / workers (Ray), all cores (workers 0)
+    "gpu": False,
+    "storage": "runs",  # local folder or s3:// URI; the run lives in <storage>/<name>
+    "name": None,  # None: <arch>-<timestamp>
+    "max_failures": 1,  # worker-group restarts from the last checkpoint before giving up
+    "placement_strategy": "PACK",  # how Ray places workers on nodes (STRICT_SPREAD: one per node)
+    "checkpoints_to_keep": 2,
+}
+FIT_KEYS = tuple(f.name for f in fields(loop.FitConfig))
+KEYS = tuple(RUN_DEFAULTS) + FIT_KEYS
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def defaults() -> dict:
+    """Built-in defaults (lr/weight_decay None: chosen by optimizer during validation)."""
+    fit = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(loop.FitConfig)}
+    return copy.deepcopy({**RUN_DEFAULTS, **fit})
+
+
+def check_keys(values: dict, where: str) -> None:
+    if not isinstance(values, dict):
+        raise UsageError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(KEYS)})")
+
+
+def read_config_file(path: str) -> dict:
+    """A YAML (or JSON) mapping of settings; unknown keys are an error."""
+    try:
+        import yaml
+
+        parse, errors = yaml.safe_load, (yaml.YAMLError,)
+    except ImportError:  # the GPU machine may lack pyyaml; save_config then wrote JSON
+        parse, errors = json.load, (ValueError,)
+    try:
+        fs, p = storage.filesystem(path)
+        with fs.open(p, "r") as f:
+            values = parse(f) or {}
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except errors as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    check_keys(values, path)
+    return values
+
+
+def run_dir(cfg: dict) -> str:
+    root = cfg["storage"] if storage.is_s3(cfg["storage"]) else os.path.abspath(cfg["storage"])
+    return storage.join(root, cfg["name"])
+
+
+def _saved_config(storage_root: str, name: str) -> dict | None:
+    path = storage.join(storage_root, name, CONFIG_FILE)
+    fs, p = storage.filesystem(path)
+    if not fs.exists(p):
+        return None
+    return read_config_file(path)
+
+
+def resolve(file_values: dict | None = None, flags: dict | None = None) -> dict:
+    """defaults < saved config of the same run (resume) < config file < flags. Validated.
+
+    `flags` holds only explicitly given values (None means not given)."""
+    file_values = dict(file_values or {})
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    check_keys(file_values, "config")
+    check_keys(flags, "flags")
+    cfg = defaults()
+    chosen = {**file_values, **flags}
+    store = chosen.get("storage", cfg["storage"])
+    name = chosen.get("name")
+    saved = _saved_config(store if storage.is_s3(store) else os.path.abspath(store), name) if name else None
+    if saved:
+        cfg.update(saved)
+    cfg.update(chosen)
+    # Ray workers do not run in this directory: local paths must be absolute
+    for key in ("storage", "data"):
+        if cfg[key] and not storage.is_s3(cfg[key]):
+            cfg[key] = os.path.abspath(cfg[key])
+    validate(cfg, saved)
+    return cfg
+
+
+def validate(cfg: dict, saved: dict | None = None) -> None:
+    if not cfg.get("data"):
+        raise UsageError("--data is required: the prepared data directory (fer-ray prepare --output)")
+    for split in ("Training", "PublicTest"):
+        path = data.split_path(cfg["data"], split)
+        fs, p = storage.filesystem(path)
+        if not fs.exists(p):
+            raise UsageError(f"--data {cfg['data']}: no {split} split ({path}); run `fer-ray prepare` first")
+    if cfg.get("soft_labels") and not _has_votes(cfg["data"]):
+        raise UsageError(f"--soft-labels needs FER+ votes, and {cfg['data']} has none (prepare it with the FER+ file)")
+    if cfg["arch"] not in models.names():
+        raise UsageError(f"unknown architecture {cfg['arch']!r} (choose from {', '.join(models.names())})")
+    if not isinstance(cfg["arch_args"], dict):
+        raise UsageError(f"arch args must be a JSON/YAML mapping, got {cfg['arch_args']!r}")
+    try:
+        models.build(cfg["arch"], **cfg["arch_args"])
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"arch {cfg['arch']} does not take arch args {json.dumps(cfg['arch_args'])}: {exc}") from None
+    try:
+        fit = loop.FitConfig.from_dict(cfg)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    cfg["lr"], cfg["weight_decay"], cfg["augment"] = fit.lr, fit.weight_decay, fit.augment
+    for key in ("workers", "max_failures", "checkpoints_to_keep", "epochs", "batch_size", "seed", "patience"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
+            raise UsageError(f"{key} must be an integer, got {cfg[key]!r}")
+    if cfg["workers"] < 0:
+        raise UsageError(f"workers must be >= 0 (0 = one process without Ray), got {cfg['workers']}")
+    if cfg["max_failures"] < 0 or cfg["checkpoints_to_keep"] < 1:
+        raise UsageError("max failures must be >= 0 and checkpoints to keep >= 1")
+    if cfg.get("placement_strategy") not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise UsageError(f"placement strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {cfg.get('placement_strategy')!r}")
+    if cfg["cpus_per_worker"] is not None and not (isinstance(cfg["cpus_per_worker"], int) and cfg["cpus_per_worker"] >= 1):
+        raise UsageError(f"cpus per worker must be an integer >= 1, got {cfg['cpus_per_worker']!r}")
+    if cfg["batch_size"] < max(1, cfg["workers"]):
+        raise UsageError(f"batch size {cfg['batch_size']} is smaller than the number of workers {cfg['workers']}")
+    if cfg["gpu"] and cfg["workers"] == 0 and not torch.cuda.is_available():
+        raise UsageError("--gpu with --workers 0 needs a CUDA device in this process, and there is none")
+    if cfg["name"] is None:
+        cfg["name"] = f"{cfg['arch']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if not _NAME_RE.match(str(cfg["name"])):
+        raise UsageError(f"run name {cfg['name']!r}: use letters, digits, '.', '_' and '-'")
+    if saved and (saved.get("arch"), saved.get("arch_args") or {}) != (cfg["arch"], cfg["arch_args"]):
+        raise UsageError(
+            f"run {cfg['name']} in {cfg['storage']} was trained with arch {saved.get('arch')} "
+            f"{json.dumps(saved.get('arch_args') or {})}; resume it with those or pick another --name"
+        )
+
+
+def _has_votes(data_dir: str) -> bool:
+    """Whether the prepared Training split carries FER+ votes (reads that one column only)."""
+    import pyarrow.parquet as pq
+
+    fs, root = storage.arrow_filesystem(data_dir)
+    votes = pq.read_table(f"{root}/Training.parquet", columns=["votes"], filesystem=fs).column("votes")
+    return votes.null_count < len(votes)
+
+
+def save_config(cfg: dict) -> str:
+    path = storage.join(run_dir(cfg), CONFIG_FILE)
+    try:
+        import yaml
+
+        text = yaml.safe_dump(cfg, sort_keys=False)
+    except ImportError:  # JSON is valid YAML: the GPU machine may lack pyyaml
+        text = json.dumps(cfg, indent=2)
+    fs, p = storage.filesystem(path)
+    if not storage.is_s3(path):  # S3 has no directories to create
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+    with fs.open(p, "w") as f:
+        f.write(text)
+    return path
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def progress_line(metrics: dict, epochs: int) -> str:
+    flag = "  *" if metrics["best_epoch"] == metrics["epoch"] else ""
+    stop = "  (early stop)" if metrics.get("stopped_early") else ""
+    return (
+        f"epoch {metrics['epoch']:>3}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}"
+        f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}  lr {metrics['lr']:.2e}"
+        f"  {metrics['time_s']:.1f}s{flag}{stop}"
+    )
+
+
+def make_batches(cfg: dict, rank: int, world: int, device) -> tuple[loop.ArrayBatches, loop.ArrayBatches]:
+    train = data.load_split(cfg["data"], "Training")
+    val = data.load_split(cfg["data"], "PublicTest")
+    per_worker = max(1, cfg["batch_size"] // world)
+    tb = loop.ArrayBatches(
+        train.pixels, train.labels, train.votes if cfg["soft_labels"] else None, batch_size=per_worker,
+        shuffle=True, rank=rank, world=world, seed=cfg["seed"], balanced=cfg["balance"] == "sampling", device=device,
+    )
+    vb = loop.ArrayBatches(val.pixels, val.labels, batch_size=cfg["eval_batch_size"], rank=rank, world=world, device=device)
+    return tb, vb
+
+
+def build_model(cfg: dict, device) -> torch.nn.Module:
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank (DDP also broadcasts them)
+    return loop.to_device(models.build(cfg["arch"], **cfg["arch_args"]), device)
+
+
+def say(line: str) -> None:
+    """One progress line on stdout (sys.stdout directly: Ray Train's patched print() logs it twice)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _save_state(state: dict, local_dir: str) -> None:
+    os.makedirs(local_dir, exist_ok=True)
+    tmp = os.path.join(local_dir, STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, os.path.join(local_dir, STATE_FILE))
+
+
+def load_state(path: str) -> dict:
+    """A checkpoint's state.pt: tensors and plain containers only (weights_only=True)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FerRayError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _maybe_crash(crash: dict | None, epoch: int, rank: int) -> None:
+    """Test hook: kill this process before reporting `epoch` on `rank`, once (a marker file
+    remembers). `delay_s` first: Ray Train collects reports by polling workers every 2 s, so a
+    worker that dies right after a report can take that report's checkpoint with it."""
+    if not crash or crash["epoch"] != epoch or crash.get("rank", 0) != rank:
+        return
+    marker = crash["marker"]
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"crashed at epoch {epoch} rank {rank}\n")
+    time.sleep(crash.get("delay_s", 0))
+    os._exit(17)
+
+
+# --------------------------------------------------------------------------- single process
+
+
+class LocalReporter:
+    """Prints progress and writes <run>/checkpoint_local_<epoch>/state.pt (local or S3)."""
+
+    def __init__(self, cfg: dict, crash: dict | None = None):
+        self.cfg, self.crash = cfg, crash
+        self.dir = run_dir(cfg)
+        self.fs, self.root = storage.filesystem(self.dir)
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        if not self.fs.exists(self.root):
+            return []
+        out = []
+        for p in self.fs.ls(self.root, detail=False):
+            base = p.rstrip("/").rsplit("/", 1)[-1]
+            if base.startswith(LOCAL_CKPT_PREFIX) and base[len(LOCAL_CKPT_PREFIX):].isdigit():
+                out.append((int(base[len(LOCAL_CKPT_PREFIX):]), p.rstrip("/")))
+        return sorted(out)
+
+    def latest_state(self) -> dict | None:
+        found = self.checkpoints()
+        if not found:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, STATE_FILE)
+            self.fs.get(f"{found[-1][1]}/{STATE_FILE}", local)
+            return load_state(local)
+
+    def report(self, metrics: dict, state: dict) -> None:
+        _maybe_crash(self.crash, metrics["epoch"], 0)
+        say(progress_line(metrics, self.cfg["epochs"]))
+        name = f"{LOCAL_CKPT_PREFIX}{metrics['epoch']:06d}"
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_state(state, tmp)
+            target = f"{self.root}/{name}"
+            self.fs.makedirs(target, exist_ok=True)
+            self.fs.put(os.path.join(tmp, STATE_FILE), f"{target}/{STATE_FILE}")
+        for _, old in self.checkpoints()[: -self.cfg["checkpoints_to_keep"]]:
+            self.fs.rm(old, recursive=True)
+
+
+def _run_local(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
+    if cfg["cpus_per_worker"]:
+        torch.set_num_threads(cfg["cpus_per_worker"])
+    device = torch.device("cuda" if cfg["gpu"] else "cpu")
+    torch.backends.cudnn.benchmark = True  # fixed 48x48 shapes: let cuDNN pick the fastest kernels
+    reporter = LocalReporter(cfg, crash)
+    start = reporter.latest_state()
+    if start:
+        print(f"resuming {cfg['name']} after epoch {start['epoch']}", flush=True)
+    tb, vb = make_batches(cfg, 0, 1, device)
+    model = build_model(cfg, device)
+    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), reporter, start)
+    state = reporter.latest_state() or start
+    if state is None:
+        raise FerRayError("training produced no checkpoint")
+    return state, {"epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"]}
+
+
+# --------------------------------------------------------------------------- Ray Train
+
+
+class RayReporter:
+    """Every rank calls ray.train.report once per epoch; only rank 0 writes the checkpoint."""
+
+    def __init__(self, cfg: dict, rank: int, crash: dict | None = None):
+        self.cfg, self.rank, self.crash = cfg, rank, crash
+
+    def report(self, metrics: dict, state: dict) -> None:
+        import ray.train
+
+        _maybe_crash(self.crash, metrics["epoch"], self.rank)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                _save_state(state, tmp)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if self.rank == 0:
+            say(progress_line(metrics, self.cfg["epochs"]))
+
+
+def _quiet_ray_reports() -> None:
+    """Ray Train logs every report (all metrics, every rank) at INFO from a logger named after its
+    source file, outside the `ray.train` loggers that LoggingConfig sets; our one progress line per
+    epoch says the same. Cosmetic: skipped if Ray moves that module."""
+    try:
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except Exception:
+        pass
+
+
+def _train_worker(loop_config: dict):
+    import ray.train
+    import ray.train.torch
+
+    _quiet_ray_reports()
+    cfg, crash = loop_config["config"], loop_config.get("crash")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg["cpus_per_worker"])  # Ray would leave every worker 1 thread
+    device = ray.train.torch.get_device()
+    start = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            start = load_state(os.path.join(d, STATE_FILE))
+        if rank == 0:
+            say(f"resuming {cfg['name']} after epoch {start['epoch']}")
+    tb, vb = make_batches(cfg, rank, world, device)
+    model = ray.train.torch.prepare_model(build_model(cfg, device))
+    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), RayReporter(cfg, rank, crash), start)
+    return {"epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"]}
+
+
+def _run_ray(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not cfg["cpus_per_worker"]:  # default: share the cluster's CPUs evenly between the workers
+        if not ray.is_initialized():
+            ray.init()  # what fit() would do: join the running cluster (RAY_ADDRESS / ray start) or start one
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        # A worker must fit on one node: never ask for more CPUs than the largest node has.
+        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+        cfg = {**cfg, "cpus_per_worker": max(1, min(cpus // cfg["workers"], int(largest)))}
+
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": cfg, "crash": crash},
+        scaling_config=ScalingConfig(
+            num_workers=cfg["workers"],
+            use_gpu=cfg["gpu"],
+            resources_per_worker={"CPU": cfg["cpus_per_worker"]},
+            placement_strategy=cfg["placement_strategy"],
+        ),
+        run_config=RunConfig(
+            name=cfg["name"],
+            storage_path=cfg["storage"],  # s3:// works through AWS_ENDPOINT_URL; never with storage_filesystem
+            failure_config=FailureConfig(max_failures=cfg["max_failures"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg["checkpoints_to_keep"]),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines, not one INFO per report
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # TrainingFailedError and friends: one line for the user
+        cause = exc.__cause__ or exc
+        raise FerRayError(f"training failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from exc
+    if result.checkpoint is None:
+        raise FerRayError("training produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = load_state(os.path.join(d, STATE_FILE))
+    return state, dict(result.return_value or {})
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def write_bundle(cfg: dict, state: dict, summary: dict) -> tuple[str, dict]:
+    model = models.build(cfg["arch"], **cfg["arch_args"])
+    model.load_state_dict(state["best"]["model"])
+    best = state["best"]
+    training = {
+        **cfg,
+        "history": state["history"],
+        "best_epoch": best["epoch"],
+        "epochs_completed": state["epoch"],
+        "stopped_early": bool(state.get("stopped")),
+        "train_time_s": round(sum(h.get("time_s", 0.0) for h in state["history"]), 2),
+        "wall_time_s": summary.get("wall_time_s"),
+        "workers": cfg["workers"],
+    }
+    metrics = {"PublicTest": {"accuracy": best["val_acc"], "loss": best["val_loss"]}}
+    target = storage.join(run_dir(cfg), BUNDLE_DIR)
+    checksum = data.checksum(cfg["data"])
+    if storage.is_s3(target):
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = bundle.save(tmp, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics)
+            bundle.copy(tmp, target)
+    else:
+        meta = bundle.save(target, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics)
+    return target, meta
+
+
+def run(cfg: dict, crash: dict | None = None) -> dict:
+    """Train with a resolve()d config. Returns a summary: bundle path, best epoch/metrics, history.
+
+    `crash` is a test hook ({"epoch", "rank", "marker"}): that rank dies once at that epoch."""
+    t0 = time.perf_counter()
+    save_config(cfg)
+    where = "one process" if cfg["workers"] == 0 else f"{cfg['workers']} Ray Train workers"
+    print(f"training {cfg['arch']} run {cfg['name']} on {where} -> {run_dir(cfg)}", flush=True)
+    state, summary = (_run_local if cfg["workers"] == 0 else _run_ray)(cfg, crash)
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    target, meta = write_bundle(cfg, state, summary)
+    best = state["best"]
+    print(
+        f"best epoch {best['epoch']}: PublicTest accuracy {best['val_acc']:.4f} loss {best['val_loss']:.4f}; "
+        f"bundle {target} ({meta['model_id']})",
+        flush=True,
+    )
+    return {
+        **summary,
+        "bundle": target,
+        "model_id": meta["model_id"],
+        "run_dir": run_dir(cfg),
+        "best_epoch": best["epoch"],
+        "val_acc": best["val_acc"],
+        "val_loss": best["val_loss"],
+        "history": state["history"],
+    }

@@ -1,0 +1,130 @@
+import json
+import os
+
+import pytest
+import torch
+
+from fer_ray import bundle, cli, data, loop, storage, train
+from test_loop import separable
+
+TINY_ARGS = {"widths": [8, 8, 16, 16]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Tiny prepared data: 96 training and 48 validation images, with FER+-style votes."""
+    d = tmp_path_factory.mktemp("prepared")
+    for split, n, seed in (("Training", 96, 0), ("PublicTest", 48, 1)):
+        px, y, votes = separable(n, seed)
+        data.write_split(str(d), split, px, y, votes=votes)
+    return str(d)
+
+
+def tiny(prepared, storage_path, name, **over):
+    flags = {"data": prepared, "arch": "fastnet", "arch_args": TINY_ARGS, "epochs": 1, "batch_size": 32,
+             "storage": storage_path, "name": name, "augment": {"erase": 0.5}, **over}
+    return train.resolve({}, flags)
+
+
+def one_line_error(capsys, argv, code=2):
+    assert cli.main(["train", *argv]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_cli_rejects_bad_arguments_in_one_line(capsys, prepared, tmp_path):
+    base = ["--data", prepared, "--storage", str(tmp_path)]
+    assert "epochs must be >= 1" in one_line_error(capsys, [*base, "--epochs", "0"])
+    assert "no Training split" in one_line_error(capsys, ["--data", str(tmp_path / "nope")])
+    assert "unknown architecture 'vgg99'" in one_line_error(capsys, [*base, "--arch", "vgg99"])
+    assert "JSON object" in one_line_error(capsys, [*base, "--arch-args", "{widths"])
+    assert "does not take arch args" in one_line_error(capsys, [*base, "--arch-args", '{"depth": 3}'])
+    assert "--data is required" in one_line_error(capsys, ["--storage", str(tmp_path)])
+    assert "invalid choice" in one_line_error(capsys, [*base, "--balance", "oversample"])
+    assert "workers must be >= 0" in one_line_error(capsys, [*base, "--workers", "-1"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    assert "unknown setting(s) learning_rate" in one_line_error(capsys, [*base, "--config", str(cfg)])
+    data.write_split(str(tmp_path / "novotes"), "Training", *separable(4, 0)[:2])
+    data.write_split(str(tmp_path / "novotes"), "PublicTest", *separable(4, 1)[:2])
+    assert "needs FER+ votes" in one_line_error(capsys, ["--data", str(tmp_path / "novotes"), "--soft-labels"])
+    assert "config file not found" in one_line_error(capsys, [*base, "--config", str(tmp_path / "x.yaml")])
+
+
+def test_config_file_values_are_defaults_that_flags_override(prepared, tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 7\nbatch_size: 64\noptimizer: adamw\naugment: {rotate: 20}\nbalance: weights\n")
+    cfg = train.resolve(train.read_config_file(str(cfg_file)), {"data": prepared, "epochs": 2, "storage": str(tmp_path)})
+    assert cfg["epochs"] == 2 and cfg["batch_size"] == 64 and cfg["balance"] == "weights"
+    assert cfg["lr"] == 1e-3 and cfg["weight_decay"] == 0.05  # adamw defaults
+    assert cfg["augment"]["rotate"] == 20 and cfg["augment"]["flip"] == 0.5
+    assert cfg["name"].startswith("classic-")
+    # the shipped example configs are valid
+    examples = os.path.join(os.path.dirname(__file__), "..", "configs")
+    for name in sorted(os.listdir(examples)):
+        train.resolve(train.read_config_file(os.path.join(examples, name)), {"data": prepared, "gpu": False})
+
+
+def test_single_process_run_checkpoints_resumes_and_writes_a_bundle(prepared, tmp_path, capsys):
+    argv = ["train", "--data", prepared, "--arch", "fastnet", "--arch-args", json.dumps(TINY_ARGS), "--epochs", "1",
+            "--batch-size", "32", "--workers", "0", "--storage", str(tmp_path), "--name", "solo", "--soft-labels",
+            "--checkpoints-to-keep", "1"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/1" in out and "bundle" in out
+    run = tmp_path / "solo"
+    saved = train.read_config_file(str(run / "config.yaml"))
+    assert saved["soft_labels"] is True and saved["arch_args"] == TINY_ARGS and saved["workers"] == 0
+    # same name, more epochs, no other flags: the saved config supplies arch etc., epoch 1 is not redone
+    assert cli.main(["train", "--data", prepared, "--storage", str(tmp_path), "--name", "solo", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming solo after epoch 1" in out and "epoch   2/2" in out and "epoch   1/" not in out
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint_local_000002"]
+    b = bundle.load(str(run / "bundle"))
+    training = b.meta["training"]
+    assert [h["epoch"] for h in training["history"]] == [1, 2]
+    assert set(loop.HISTORY_KEYS) <= set(training["history"][0])
+    assert training["workers"] == 0 and training["epochs"] == 2 and training["wall_time_s"] > 0
+    best = max(training["history"], key=lambda h: h["val_acc"])
+    assert b.meta["metrics"]["PublicTest"]["accuracy"] == pytest.approx(best["val_acc"])
+    assert b.meta["data_checksum"] == data.checksum(prepared)
+    # a different architecture under the same name is refused
+    assert cli.main(["train", "--data", prepared, "--storage", str(tmp_path), "--name", "solo", "--arch", "classic"]) == 2
+
+
+def test_ray_train_two_workers_checkpoints_to_s3_and_resumes(ray_local, bucket, prepared):
+    cfg = tiny(prepared, f"{bucket}/runs", "ddp", workers=2, balance="sampling")
+    first = train.run(cfg)
+    assert first["epochs_run"] == 1
+    fs, root = storage.filesystem(f"{bucket}/runs/ddp")
+    states = fs.glob(f"{root}/checkpoint_*/{train.STATE_FILE}")
+    assert len(states) == 1, fs.find(root)
+    assert fs.exists(f"{root}/config.yaml") and fs.exists(f"{root}/bundle/{bundle.WEIGHTS_FILE}")
+    # re-run the same name with more epochs: picks up the checkpoint, trains only epoch 2
+    second = train.run(tiny(prepared, f"{bucket}/runs", "ddp", workers=2, balance="sampling", epochs=2))
+    assert second["epochs_run"] == 1
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    b = bundle.load(f"{bucket}/runs/ddp/bundle")
+    assert b.meta["training"]["workers"] == 2 and len(b.meta["training"]["history"]) == 2
+    assert b.meta["metrics"]["PublicTest"]["accuracy"] == pytest.approx(second["val_acc"])
+    assert len(fs.glob(f"{root}/checkpoint_*/{train.STATE_FILE}")) == 2  # checkpoints_to_keep
+
+
+def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, prepared, tmp_path):
+    marker = tmp_path / "crashed"
+    cfg = tiny(prepared, str(tmp_path / "runs"), "crashy", workers=2, epochs=2, max_failures=1)
+    # rank 1 dies (os._exit) before reporting epoch 2, once
+    result = train.run(cfg, crash={"epoch": 2, "rank": 1, "marker": str(marker), "delay_s": 5})
+    assert marker.exists()
+    assert result["epochs_run"] == 1  # the retried attempt started from the epoch-1 checkpoint
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert bundle.load(result["bundle"]).meta["training"]["epochs_completed"] == 2
