@@ -1,0 +1,328 @@
+"""The labeling job against the local S3 server and a local Ray: every object -> >= 1 row,
+exactly once, across crashes, killed actors and incremental re-runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import face_like, image_bytes
+from fer_ray import cli, label, runs, storage
+from fer_ray.emotions import EMOTIONS
+from fer_ray.schema import LABEL_SCHEMA, PROB_COLUMNS
+
+
+def _s3fs():
+    return storage.filesystem("s3://x")[0]
+
+
+def _images(start, n):
+    """n generated face crops, alternating JPEG and PNG, some in a sub-prefix."""
+    out = {}
+    for i in range(start, start + n):
+        fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+        sub = "deep/er/" if i % 5 == 0 else ""
+        out[f"{sub}img{i:05d}.{ext}"] = image_bytes(face_like(i), fmt)
+    return out
+
+
+INLINE_BAD = {
+    "bad/zero.jpg": (b"", "empty file"),
+    "bad/text.jpg": (b"hello, I am not a JPEG", "cannot decode image"),
+    "bad/truncated.jpg": (image_bytes(face_like(1, 200), "JPEG")[:300], None),  # error or a label: just a row
+}
+
+
+def _put(prefix, files):
+    fs = _s3fs()
+    fs.pipe({f"{prefix.split('://', 1)[1]}/{k}": v for k, v in files.items()})
+    fs.invalidate_cache()
+
+
+def _read(dest):
+    files = runs.committed_files(dest)
+    afs, _ = storage.arrow_filesystem(dest)
+    for f in files:  # every file carries exactly the fixed schema, null-only columns included
+        assert pq.read_schema(storage.arrow_filesystem(f)[1], filesystem=afs).remove_metadata().equals(LABEL_SCHEMA)
+    if not files:
+        return LABEL_SCHEMA.empty_table()
+    return pads.dataset([storage.arrow_filesystem(f)[1] for f in files], format="parquet", filesystem=afs,
+                        schema=LABEL_SCHEMA).to_table()
+
+
+def _check_rows(t: pa.Table, marker=None):
+    rows = t.to_pylist()
+    for r in rows:
+        assert r["image_path"] and r["model_id"] and r["run_id"] and r["labeled_at"] is not None
+        probs = [r[c] for c in PROB_COLUMNS]
+        if r["error"] is None:
+            assert r["label"] in EMOTIONS and abs(sum(probs) - 1) < 1e-4
+            assert r["confidence"] == pytest.approx(max(probs)) and r["label"] == EMOTIONS[int(np.argmax(probs))]
+            assert r["image_width"] > 0 and r["box_w"] > 0
+        else:
+            assert r["label"] is None and r["confidence"] is None and all(p is None for p in probs)
+    if marker:
+        assert marker["rows"] == len(rows)
+        assert marker["error_rows"] == sum(r["error"] is not None for r in rows)
+        assert sum(marker["errors"].values()) == marker["error_rows"]
+
+
+def _once(t: pa.Table, listing):
+    """Every listed object has exactly one face_index-0 row (crop mode: exactly one row)."""
+    paths = t.column("image_path").to_pylist()
+    assert sorted(paths) == sorted(o.uri for o in listing)
+
+
+# ------------------------------------------------------------------------- in-process (no Ray)
+
+
+@pytest.fixture(scope="module")
+def labeler():
+    from fer_ray import bundle
+
+    meta = bundle.load().meta
+    return label.Labeler(bundle.default_path(), meta["model_id"], "test-run")
+
+
+def _batch(uris, sizes=None):
+    sizes = sizes or [os.path.getsize(u) if os.path.exists(u) else -1 for u in uris]
+    return pa.Table.from_pydict({"uri": uris, "size": sizes, "etag": ["e"] * len(uris)}, schema=label.INPUT_SCHEMA)
+
+
+def _catalogue():
+    """{name: (bytes, expected error prefix, or "" for "must be labeled", or None for "a row, either way")}:
+    H5's catalogue of bad inputs (tests/badfiles.py) plus a few inline ones."""
+    out = dict(INLINE_BAD)
+    try:
+        import badfiles
+    except ImportError:
+        return out
+    for name, data, expect in badfiles.catalogue():
+        out[f"cat/{name}"] = (data, badfiles.REASONS.get(name, "cannot decode image") if expect == "error" else "")
+    return out
+
+
+def _check_expectations(rows_by_name, cat):
+    for name, (_, expect) in cat.items():
+        r = rows_by_name[name]
+        if expect == "":
+            assert r["error"] is None and r["label"] in EMOTIONS, (name, r["error"])
+        elif expect:
+            assert r["error"] and r["error"].startswith(expect), (name, r["error"])
+
+
+def test_every_bad_input_gets_a_row_in_process(labeler, tmp_path):
+    cat = _catalogue()
+    paths = {}
+    for name, (data, _) in cat.items():
+        p = tmp_path / name.replace("/", "_")
+        p.write_bytes(data)
+        paths[name] = str(p)
+    extra = [str(tmp_path / "missing.jpg"), str(tmp_path)]  # gone since listing; a folder
+    t = labeler(_batch(list(paths.values()) + extra))
+    assert t.schema.equals(LABEL_SCHEMA)
+    rows = {r["image_path"]: r for r in t.to_pylist()}
+    assert t.num_rows == len(rows) == len(paths) + 2  # exactly one row each, in crop mode
+    _check_expectations({name: rows[p] for name, p in paths.items()}, cat)
+    assert rows[extra[0]]["error"] == "not found"
+    assert rows[extra[1]]["error"]
+    _check_rows(t)
+
+
+def test_too_large_objects_are_not_fetched_and_big_batches_are_split(labeler, tmp_path, monkeypatch):
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"f{i}.png"
+        p.write_bytes(image_bytes(face_like(i)))
+        paths.append(str(p))
+    sizes = [os.path.getsize(p) for p in paths]
+    sizes[2] = label.MAX_OBJECT_BYTES + 1  # listed as too large: not even fetched
+    monkeypatch.setattr(label, "FETCH_BYTES", 2 * max(sizes[:2]))  # -> several fetches per batch
+    assert len(label._byte_groups([0, 1, 3, 4, 5], sizes)) >= 2
+    rows = {r["image_path"]: r for r in labeler(_batch(paths, sizes=sizes)).to_pylist()}
+    assert len(rows) == 6 and rows[paths[2]]["error"].startswith("file too large")
+    assert all(rows[p]["error"] is None and rows[p]["label"] in EMOTIONS for k, p in enumerate(paths) if k != 2)
+
+
+def test_s3_fetch_errors_are_rows(labeler, bucket):
+    _put(f"{bucket}/x", {"good.png": image_bytes(face_like(2))})
+    uris = [f"{bucket}/x/good.png", f"{bucket}/x/gone.png", "s3://no-such-bucket-xyz/a.png"]
+    rows = {r["image_path"]: r for r in labeler(_batch(uris, sizes=[1, 1, 1])).to_pylist()}
+    assert rows[uris[0]]["error"] is None and rows[uris[0]]["label"] in EMOTIONS
+    assert rows[uris[1]]["error"] == "not found" and rows[uris[2]]["error"] == "not found"
+
+
+def test_detect_mode_rows_per_face(tmp_path):
+    """--faces detect: one row per face found, with its box; an image with no face: one row saying so."""
+    from fer_ray import bundle, faces
+
+    try:
+        faces.find(Image.new("RGB", (64, 64)), "detect")
+    except NotImplementedError:
+        pytest.skip("face detection not built yet")
+    samples = sorted((Path(label.__file__).parent / "samples").glob("*.png"))
+    crops = [Image.open(p).convert("L").resize((96, 96)) for p in samples]
+    found = [c for c in crops if len(faces.find(c, "detect")) == 1][:3]  # crops the detector sees alone
+    assert len(found) == 3
+    canvas = Image.new("L", (400, 160), 128)
+    for i, c in enumerate(found):
+        canvas.paste(c, (20 + 130 * i, 30))
+    group, blank = tmp_path / "group.png", tmp_path / "blank.png"
+    canvas.save(group)
+    blank.write_bytes(image_bytes(np.full((200, 300), 128, np.uint8)))
+    meta = bundle.load().meta
+    lab = label.Labeler(bundle.default_path(), meta["model_id"], "r", faces="detect")
+    rows = lab(_batch([str(group), str(blank)])).to_pylist()
+    g = [r for r in rows if r["image_path"] == str(group)]
+    boxes = faces.find(Image.open(group), "detect")
+    assert len(g) == len(boxes) >= 2
+    assert [r["face_index"] for r in g] == list(range(len(g)))
+    assert [(r["box_x"], r["box_y"], r["box_w"], r["box_h"]) for r in g] == [tuple(b) for b in boxes]
+    assert all(r["error"] is None and r["label"] in EMOTIONS for r in g)
+    (b,) = [r for r in rows if r["image_path"] == str(blank)]
+    assert b["error"] == "no face detected" and b["box_w"] is None and b["label"] is None
+    assert (b["image_width"], b["image_height"]) == (300, 200)
+
+
+# ------------------------------------------------------------------------- CLI errors (no Ray)
+
+
+def test_cli_errors_are_one_line(capsys, bucket, tmp_path):
+    assert cli.main(["label", str(tmp_path), str(tmp_path / "o"), "--batch-size", "0"]) == 2
+    assert cli.main(["label", str(tmp_path), str(tmp_path / "o"), "--faces", "nope"]) == 2
+    assert cli.main(["label", str(tmp_path), str(tmp_path / "o"), "--run-id", "a/b"]) == 2
+    assert cli.main(["label", str(tmp_path / "nope"), str(tmp_path / "o")]) == 1
+    assert cli.main(["label", "s3://no-such-bucket-here/x", str(tmp_path / "o")]) == 1
+    assert cli.main(["label", f"{bucket}/empty", str(tmp_path / "o"), "--model", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 6 and all(line.startswith("error: ") for line in err)
+
+
+# ------------------------------------------------------------------------- with Ray + S3
+
+
+def test_label_s3_to_s3_every_row(ray_local, bucket, capsys):
+    src, dest = f"{bucket}/photos", f"{bucket}/labels"
+    files = _images(0, 200)
+    cat = _catalogue()
+    files.update({k: v for k, (v, _) in cat.items()})
+    files["notes/readme.txt"] = b"not an image: filtered out by extension"
+    _put(src, files)
+    assert cli.main(["label", src, dest, "--batch-size", "64", "--run-id", "first", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    listing = storage.list_objects(src)
+    assert len(listing) == 200 + len(cat)
+    assert "run first" in out and f"{len(listing)} labeled in this run" in out and "errors" in out
+    (marker,) = runs.committed_runs(dest)
+    t = _read(dest)
+    _once(t, listing)
+    _check_rows(t, marker)
+    assert marker["objects"] == marker["objects_listed"] == len(listing)
+    assert marker["errors"]["empty file"] >= 1 and marker["errors"]["cannot decode image: UnidentifiedImageError"] >= 1
+    assert set(t.column("run_id").to_pylist()) == {"first"}
+    by = {r["image_path"]: r for r in t.to_pylist()}
+    _check_expectations({name: by[f"{src}/{name}"] for name in cat}, cat)
+    o = listing[0]
+    assert (by[o.uri]["object_etag"], by[o.uri]["object_size"]) == (o.etag, o.size)
+    assert not _s3fs().exists(f"{dest.split('://')[1]}/_staging/first")
+    assert cli.main(["label", src, dest, "--run-id", "first"]) == 1  # run ids are not reused
+    assert "already committed" in capsys.readouterr().err
+
+
+def test_incremental_labels_only_new_and_changed(ray_local, bucket):
+    src, dest = f"{bucket}/in", f"{bucket}/out"
+    _put(src, _images(0, 60))
+    m1 = label.run(src, dest, incremental=True, workers=1, progress=False)  # 1 actor: quicker start
+    assert m1["objects"] == 60
+    _put(src, _images(60, 25))
+    _put(src, {"img00001.jpg": image_bytes(face_like(999), "JPEG")})  # replaced content: new ETag
+    m2 = label.run(src, dest, incremental=True, workers=1, progress=False)
+    assert (m2["objects_listed"], m2["objects_skipped"], m2["objects"]) == (85, 59, 26)
+    m3 = label.run(src, dest, incremental=True, progress=False)  # nothing new: an empty committed run
+    assert m3["objects"] == 0 and m3["files"] == []
+    t = _read(dest)
+    keys = list(zip(t.column("image_path").to_pylist(), t.column("object_etag").to_pylist()))
+    assert len(keys) == len(set(keys)) == 86  # each (object, version) once
+    listing = storage.list_objects(src)
+    assert {(o.uri, o.etag) for o in listing} <= set(keys)
+    assert [m["run_id"] for m in runs.committed_runs(dest)] == [m1["run_id"], m2["run_id"], m3["run_id"]]
+
+
+def test_crash_then_rerun_labels_each_object_exactly_once(ray_local, bucket, monkeypatch):
+    src, dest = f"{bucket}/in", f"{bucket}/out"
+    _put(src, _images(0, 120))
+    monkeypatch.setattr(label, "ROWS_PER_FILE", 40)
+
+    def crash(writer):
+        if len(writer.files) >= 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(label, "_TEST_HOOK", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        label.run(src, dest, batch_size=20, workers=1, progress=False)
+    assert runs.committed_runs(dest) == [] and runs.committed_files(dest) == []
+    monkeypatch.setattr(label, "_TEST_HOOK", None)
+    m = label.run(src, dest, batch_size=20, workers=1, progress=False)
+    assert m["resumed_objects"] >= 40 and m["objects"] == 120
+    t = _read(dest)
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)
+    assert len(m["files"]) >= 3
+
+
+def test_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, bucket, tmp_path, monkeypatch):
+    src, dest = f"{bucket}/in", f"{bucket}/out"
+    _put(src, _images(0, 96))
+    flag = tmp_path / "die"
+    flag.write_text("once")
+    monkeypatch.setattr(label, "_ACTOR_TEST_KWARGS", {"die_once": str(flag)})
+    m = label.run(src, dest, batch_size=16, workers=1, progress=False)  # the one actor dies once
+    assert not flag.exists() and (tmp_path / "die.claimed").exists()  # an actor did die
+    t = _read(dest)
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)
+
+
+def test_manifest_sources(tmp_path, bucket):
+    (tmp_path / "a").mkdir()
+    for n in ("x.jpg", "y.png"):
+        (tmp_path / "a" / n).write_bytes(image_bytes(face_like(1)))
+    (tmp_path / "m.txt").write_text(f"# crops\na/x.jpg\n\n{tmp_path}/a/y.png\na/gone.jpg\na/x.jpg\n")
+    got = label.list_source(str(tmp_path / "m.txt"))
+    assert [os.path.basename(o.uri) for o in got] == ["gone.jpg", "x.jpg", "y.png"]
+    assert got[0].size == -1 and got[1].size > 0 and got[1].etag
+    _put(f"{bucket}/p", {"k1.jpg": b"1", "sub/k2.jpg": b"22"})
+    pq.write_table(pa.table({"uri": [f"{bucket}/p/k1.jpg", f"{bucket}/p/sub/k2.jpg"]}), tmp_path / "m.parquet")
+    got = label.list_source(str(tmp_path / "m.parquet"))
+    assert [(o.uri, o.size) for o in got] == [(f"{bucket}/p/k1.jpg", 1), (f"{bucket}/p/sub/k2.jpg", 2)]
+    assert all(o.etag for o in got)
+    many = {f"m{i:02d}.jpg": b"x" * i for i in range(1, 21)}  # > 16 in a folder: one listing, not HEADs
+    _put(f"{bucket}/many", many)
+    (tmp_path / "many.txt").write_text("".join(f"{bucket}/many/{k}\n" for k in many) + f"{bucket}/many/zz.jpg\n")
+    got = label.list_source(str(tmp_path / "many.txt"))
+    assert [o.size for o in got] == list(range(1, 21)) + [-1]
+    with pytest.raises(label.FerRayError, match="no such source"):
+        label.list_source(str(tmp_path / "nope.txt"))
+
+
+def test_worker_plan_never_holds_every_cpu():
+    class FakeRay:
+        def __init__(self, res):
+            self.res = res
+
+        def cluster_resources(self):
+            return self.res
+
+    n, cpus, threads, gpus = label.plan_workers(FakeRay({"CPU": 2.0}), None, False)
+    assert (n, threads, gpus) == (2, 1, 0.0) and n * cpus < 2
+    n, cpus, threads, gpus = label.plan_workers(FakeRay({"CPU": 16.0, "GPU": 1.0}), None, True)
+    assert n > 1 and n * gpus <= 1 and n * cpus < 16 and threads == 1
+    with pytest.raises(label.FerRayError, match="no GPU"):
+        label.plan_workers(FakeRay({"CPU": 2.0}), None, True)

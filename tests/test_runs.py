@@ -1,0 +1,114 @@
+"""Run bookkeeping: ids, staging, commit markers, what readers and incremental runs see."""
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fer_ray import runs
+from fer_ray.schema import LABEL_SCHEMA
+
+
+def _rows(paths, run_id="r"):
+    n = len(paths)
+    cols = {f.name: pa.nulls(n, f.type) for f in LABEL_SCHEMA}
+    cols.update(
+        image_path=pa.array(paths, pa.string()),
+        face_index=pa.array([0] * n, pa.int32()),
+        object_etag=pa.array(["e"] * n, pa.string()),
+        object_size=pa.array([10] * n, pa.int64()),
+        model_id=pa.array(["m"] * n, pa.string()),
+        run_id=pa.array([run_id] * n, pa.string()),
+        labeled_at=pa.array([0] * n, pa.timestamp("us", tz="UTC")),
+    )
+    return pa.Table.from_pydict(cols, schema=LABEL_SCHEMA)
+
+
+def _stage(d, run_id, parts):
+    os.makedirs(d.staging(run_id), exist_ok=True)
+    for i, paths in enumerate(parts):
+        pq.write_table(_rows(paths, run_id), d.path(runs.STAGING_DIR, run_id, runs.part_name(i)))
+
+
+def test_run_ids_sort_by_time_and_are_checked():
+    import datetime as dt
+
+    a = runs.new_run_id(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    b = runs.new_run_id(dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+    assert a < b and a.startswith("20260101T000000Z-")
+    assert runs.check_run_id("nightly-2026.01") == "nightly-2026.01"
+    for bad in ("", "../x", "a/b", "_hidden", "a b"):
+        with pytest.raises(ValueError):
+            runs.check_run_id(bad)
+
+
+def test_commit_makes_a_run_visible_only_with_its_marker(tmp_path):
+    dest = str(tmp_path / "out")
+    d = runs.Dest(dest)
+    assert runs.committed_runs(dest) == [] and runs.committed_files(dest) == []
+    run_id, parts = runs.open_run(d, {"source": "s"})
+    assert parts == [] and os.path.isfile(d.path(runs.STAGING_DIR, run_id, runs.IN_PROGRESS))
+    _stage(d, run_id, [["a", "b"], ["c"]])
+    assert runs.committed_files(dest) == []  # staged is not committed
+    marker = runs.commit(d, run_id, {"objects": 3})
+    files = runs.committed_files(dest)
+    assert [os.path.basename(f) for f in files] == ["part-00000.parquet", "part-00001.parquet"]
+    assert all(f.startswith(os.path.join(dest, f"run_id={run_id}")) for f in files)
+    assert marker["files"] == [f"run_id={run_id}/part-0000{i}.parquet" for i in range(2)]
+    assert [m["run_id"] for m in runs.committed_runs(dest)] == [run_id]
+    assert not os.path.exists(d.staging())
+    assert runs.labeled_keys(dest) == {("a", "e", 10), ("b", "e", 10), ("c", "e", 10)}
+    with open(d.marker(run_id)) as f:
+        assert json.load(f)["objects"] == 3
+
+
+def test_runs_are_ordered_and_filterable(tmp_path):
+    dest = str(tmp_path)
+    d = runs.Dest(dest)
+    ids = []
+    for n, t in enumerate(["2026-01-02T00:00:00", "2026-01-01T00:00:00"]):
+        rid, _ = runs.open_run(d, {"run_id": f"r{n}"})
+        _stage(d, rid, [[f"x{n}"]])
+        runs.commit(d, rid, {"finished_at": t})
+        ids.append(rid)
+    assert [m["run_id"] for m in runs.committed_runs(dest)] == ["r1", "r0"]
+    assert len(runs.committed_files(dest)) == 2
+    assert runs.committed_files(dest, run_ids=["r0"]) == [os.path.join(dest, "run_id=r0", "part-00000.parquet")]
+    with pytest.raises(ValueError, match="already committed"):
+        runs.open_run(d, {"run_id": "r0"})
+
+
+def test_crash_leftovers_are_removed_or_resumed(tmp_path):
+    dest = str(tmp_path)
+    d = runs.Dest(dest)
+    # a run that crashed while copying: a run_id= folder with no marker, and its staging
+    _stage(d, "dead", [["a"]])
+    d.write_json(d.path(runs.STAGING_DIR, "dead", runs.IN_PROGRESS), {"source": "other"})
+    os.makedirs(d.run_dir("dead"))
+    pq.write_table(_rows(["a"]), os.path.join(d.run_dir("dead"), "part-00000.parquet"))
+    # a run that crashed while labeling, resumable
+    _stage(d, "live", [["b"], ["c"]])
+    d.write_json(d.path(runs.STAGING_DIR, "live", runs.IN_PROGRESS), {"source": "s", "started_at": "t0"})
+    rid, parts = runs.open_run(d, {"source": "s"}, resume_if=lambda prev, parts: prev["source"] == "s")
+    assert rid == "live" and parts == ["part-00000.parquet", "part-00001.parquet"]
+    assert not os.path.exists(d.run_dir("dead")) and not os.path.exists(d.staging("dead"))
+    assert d.read_json(d.path(runs.STAGING_DIR, "live", runs.IN_PROGRESS))["started_at"] == "t0"
+    runs.commit(d, rid, {})
+    assert runs.labeled_keys(dest) == {("b", "e", 10), ("c", "e", 10)}
+    # nothing resumable -> staging removed, a fresh id
+    _stage(d, "old", [["z"]])
+    rid2, parts2 = runs.open_run(d, {"source": "s"}, resume_if=lambda prev, parts: False)
+    assert rid2 != "old" and parts2 == [] and not os.path.exists(d.staging("old"))
+
+
+def test_committed_runs_on_s3(bucket):
+    dest = f"{bucket}/labels"
+    d = runs.Dest(dest)
+    rid, _ = runs.open_run(d, {"source": "s"})
+    d.fs.pipe_file(d.path(runs.STAGING_DIR, rid, "part-00000.parquet"), b"x")
+    assert runs.committed_files(dest) == []
+    runs.commit(d, rid, {})
+    assert runs.committed_files(dest) == [f"{dest}/run_id={rid}/part-00000.parquet"]
+    assert not d.fs.exists(d.staging(rid))
