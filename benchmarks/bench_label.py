@@ -39,13 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-
-def face_like(seed: int, size: int = 48) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = 100 + 60 * np.sin(xx / (3 + seed % 5)) * np.cos(yy / (4 + seed % 3))
-    img += rng.normal(0, 10, (size, size))
-    return np.clip(img, 0, 255).astype(np.uint8)
+from tests.conftest import face_like  # noqa: E402  (the same generated faces the tests label)
 
 
 def jpeg(seed: int) -> bytes:

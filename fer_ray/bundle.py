@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -61,14 +60,6 @@ class Bundle:
         return models.forward_probs(self.model, self.inputs(pixels))
 
 
-def _weights_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(
     directory: str,
     model: torch.nn.Module,
@@ -98,7 +89,7 @@ def save(
         "data_checksum": data_checksum,
         "metrics": metrics or {},
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_id": f"{arch}-{_weights_digest(weights)[:12]}",
+        "model_id": f"{arch}-{storage.sha256_file(weights)[:12]}",
     }
     write_meta(directory, meta)
     return meta

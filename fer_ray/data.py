@@ -259,14 +259,6 @@ _SPLIT_NAMES = {s.lower(): i for i, s in enumerate(SPLITS)}
 _LABEL_RE = re.compile(rb"^\s*[0-9]+\s*$")
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _open_csv_stream(path: str):
     """A binary stream of the CSV's bytes: plain, gzip, or the one *.csv inside a tar(.gz)."""
     with open(path, "rb") as f:
@@ -329,7 +321,7 @@ def _pixel_problem(text: bytes) -> str:
 def read_csv(path: str) -> Source:
     """The canonical fer2013.csv (columns emotion, pixels, Usage in any order; header names are
     matched case-insensitively, surrounding spaces ignored, as in Kaggle's icml_face_data.csv)."""
-    sha = _sha256_file(path)
+    sha = storage.sha256_file(path)
     stream = _Hashing(_open_csv_stream(path))
     lines = _iter_lines(stream)
     header = None

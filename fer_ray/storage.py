@@ -6,6 +6,7 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, profiles or insta
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from dataclasses import dataclass
@@ -62,6 +63,15 @@ def arrow_filesystem(uri: str):
 def to_uri(fs_path: str, like: str) -> str:
     """Turn a path from `filesystem(like)` back into a URI of the same kind as `like`."""
     return f"s3://{fs_path}" if is_s3(like) else fs_path
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a local file, read in chunks (sources of hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def join(uri: str, *parts: str) -> str:

@@ -77,6 +77,17 @@ def ray_local(s3_server, tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and on a busy machine OpenMP spinning costs 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def face_like(seed: int, size: int = 48) -> np.ndarray:
     """A deterministic uint8 'face' image: varied enough to train a tiny model on."""
     rng = np.random.default_rng(seed)

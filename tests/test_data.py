@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import face_like, image_bytes
-from fer_ray import cli, data, preprocess
+from fer_ray import cli, data, preprocess, storage
 
 BLACK = np.zeros((48, 48), np.uint8)
 
@@ -83,7 +83,7 @@ def test_csv_bad_rows_are_listed_not_fatal(tmp_path, capsys, compress):
     assert "malformed line" in reasons[11]
     assert [b["line"] for b in summary["bad_rows"]] == [4, 6, 7, 8, 10, 13]  # header is line 1
     assert summary["source"]["rows"] == 12 and summary["source"]["valid_rows"] == 6
-    assert summary["source"]["sha256"] == data._sha256_file(src)
+    assert summary["source"]["sha256"] == storage.sha256_file(src)
     assert summary["counts"]["Training"]["rows"] == 3
     assert summary["counts"]["Training"]["classes"]["happy"] == 1
     assert summary["checksum"] == data.checksum(out_dir)

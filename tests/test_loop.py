@@ -8,13 +8,7 @@ from fer_ray import loop, models
 TINY = {"widths": (8, 8, 16, 16)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and on a busy machine OpenMP spinning costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def separable(n: int, seed: int):
