@@ -314,11 +314,15 @@ def test_manifest_sources(tmp_path, bucket):
 
 def test_worker_plan_never_holds_every_cpu():
     class FakeRay:
-        def __init__(self, res):
+        def __init__(self, res, nodes=None):
             self.res = res
+            self._nodes = nodes or [res]
 
         def cluster_resources(self):
             return self.res
+
+        def nodes(self):
+            return [{"Alive": True, "Resources": r} for r in self._nodes]
 
     n, cpus, threads, gpus = label.plan_workers(FakeRay({"CPU": 2.0}), None, False)
     assert (n, threads, gpus) == (2, 1, 0.0) and n * cpus < 2
@@ -326,3 +330,6 @@ def test_worker_plan_never_holds_every_cpu():
     assert n > 1 and n * gpus <= 1 and n * cpus < 16 and threads == 1
     with pytest.raises(label.FerRayError, match="no GPU"):
         label.plan_workers(FakeRay({"CPU": 2.0}), None, True)
+    # one actor on a cluster of two 1-CPU nodes must still fit on one node
+    n, cpus, threads, gpus = label.plan_workers(FakeRay({"CPU": 2.0}, [{"CPU": 1.0}, {"CPU": 1.0}]), 1, False)
+    assert n == 1 and cpus <= 1.0
