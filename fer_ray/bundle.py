@@ -158,7 +158,7 @@ def load(uri: str | None = None, gpu: bool = False, optimize: bool = True) -> Bu
     return Bundle(model=model, meta=meta, path=directory)
 
 
-SHIPPED = {"fast": "fast", "accurate": "accurate"}
+SHIPPED = ("fast", "accurate")  # bundle names under fer_ray/bundles/
 
 
 def shipped_dir(name: str) -> str:
