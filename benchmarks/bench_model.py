@@ -1,5 +1,6 @@
 """Model forward rate on pre-decoded 48x48 tensors (the fast model's speed target: >= 4,000 img/s
-at batch 256 on a 2-core machine). Prints the median of several timed passes per bundle.
+at batch 256 on a 2-core machine). Prints the median of several timed passes per bundle: eager fp32, BN-folded channels-last fp32,
+and int8 (when the bundle is calibrated), each as img/s and as a ratio to eager.
 
     .venv/bin/python benchmarks/bench_model.py [--bundle PATH ...] [--threads 2] [--batch 256]
 """
@@ -11,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from fer_ray import bundle, models
+from fer_ray import bundle, models, quantize
 
 
 def forward_rate(model, x, repeats: int) -> float:
@@ -38,14 +39,18 @@ def main():
     print(f"threads={args.threads} batch={args.batch} repeats={args.repeats} (median img/s)")
     for path in paths:
         plain = bundle.load(path, optimize=False)
-        fast = bundle.load(path)
+        fast = bundle.load(path, precision="fp32")
         x = plain.inputs(pixels)
         r_plain = forward_rate(plain.model, x, args.repeats)
         r_fast = forward_rate(fast.model, x, args.repeats)
-        print(
+        line = (
             f"{plain.model_id:28s} params={models.count_params(plain.model):>9,d} "
-            f"eager={r_plain:8.0f} optimized={r_fast:8.0f} ({r_fast / r_plain:.2f}x)"
+            f"eager={r_plain:8.0f} fp32-optimized={r_fast:8.0f} ({r_fast / r_plain:.2f}x)"
         )
+        if plain.meta.get("int8") and quantize.available():
+            r_int8 = forward_rate(bundle.load(path, precision="int8").model, x, args.repeats)
+            line += f" int8={r_int8:8.0f} ({r_int8 / r_plain:.2f}x)"
+        print(line, flush=True)
 
 
 def _exists(path):

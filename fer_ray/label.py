@@ -229,7 +229,7 @@ class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
     def __init__(self, model_uri, model_id, run_id, faces="crop", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, die_once=None):
+                 fetch_threads=16, freeze=False, die_once=None, precision="auto"):
         import threading
 
         import torch
@@ -243,10 +243,10 @@ class Labeler:
             pass
         self.torch = torch
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        self.bundle = bundle.load(model_uri, gpu=gpu)
+        self.bundle = bundle.load(model_uri, gpu=gpu, precision=precision)
         self.bundle.model.to(self.device).eval()
         self.model = self.bundle.model
-        if self.device.type == "cpu" and freeze:
+        if self.device.type == "cpu" and freeze and self.bundle.precision == "fp32":
             self.model = frozen(self.bundle.model, self.bundle.meta["preprocess"].get("input_size", 48))
         if self.bundle.model_id != model_id:
             raise RuntimeError(f"model changed under the run: {self.bundle.model_id} != {model_id}")
@@ -486,7 +486,7 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
 
 
 def run(source, dest, model=None, faces="crop", incremental=False, batch_size=256, workers=None,
-        gpu=False, run_id=None, progress=True, echo=None) -> dict:
+        gpu=False, run_id=None, progress=True, echo=None, precision="auto") -> dict:
     """Label every image under SOURCE into DEST; returns the commit marker (the run's summary)."""
     from . import bundle
 
@@ -502,8 +502,12 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
             runs.check_run_id(run_id)
         except ValueError as exc:
             raise FerRayError(str(exc)) from None
+    if precision not in bundle.PRECISIONS:
+        raise FerRayError(f"precision must be one of {', '.join(bundle.PRECISIONS)}, got {precision!r}")
     model_uri = model or bundle.default_path(gpu)
-    meta = bundle.load(model_uri).meta  # validates the bundle before any work; the driver keeps no model
+    checked = bundle.load(model_uri, gpu=gpu, precision=precision)  # validates before any work
+    meta, precision = checked.meta, checked.precision  # what CPU (or GPU) actors will run
+    del checked  # the driver keeps no model
     model_id = meta["model_id"]
     if faces == "detect":
         _check_detector()
@@ -551,7 +555,7 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
     if todo:
         ray = _ray_init()
         t_label = time.monotonic()
-        ds, actors = build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu,
+        ds, actors = build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision,
                                    progress)
         try:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
@@ -585,6 +589,7 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
     marker = {
         "run_id": run_id, "started_at": started, "source": source, "dest": dest,
         "model_id": model_id, "model": model or "shipped:" + os.path.basename(model_uri), "faces": faces,
+        "precision": precision,
         "incremental": incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(errors.items())),
@@ -644,7 +649,7 @@ def _count_files(paths, like, counts, errors) -> None:
     _count(t.to_table(columns=["face_index", "error"]), counts, errors)
 
 
-def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, progress):
+def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision, progress):
     """The Ray Dataset: URI rows in blocks of `batch_size` -> the fused labeling stage.
     Returns (dataset, number of actors)."""
     import warnings
@@ -678,7 +683,8 @@ def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, wor
         ds = ds.map_batches(
             Labeler,
             fn_constructor_kwargs=dict(model_uri=model_uri, model_id=model_id, run_id=run_id, faces=faces,
-                                       threads=threads, gpu=gpu, forward_chunk=int(TUNING["forward_chunk"]),
+                                       threads=threads, gpu=gpu, precision=precision,
+                                       forward_chunk=int(TUNING["forward_chunk"]),
                                        fetch_threads=int(TUNING["fetch_threads"]),
                                        freeze=len(todo) / n >= TUNING["freeze_min_images"], **_ACTOR_TEST_KWARGS),
             batch_size=block,

@@ -31,7 +31,7 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from . import bundle, data, loop, models, storage
+from . import bundle, data, loop, models, quantize, storage
 from .errors import FerRayError, UsageError
 
 STATE_FILE = "state.pt"
@@ -453,12 +453,13 @@ def write_bundle(cfg: dict, state: dict, summary: dict) -> tuple[str, dict]:
     metrics = {"PublicTest": {"accuracy": best["val_acc"], "loss": best["val_loss"]}}
     target = storage.join(run_dir(cfg), BUNDLE_DIR)
     checksum = data.checksum(cfg["data"])
-    if storage.is_s3(target):
-        with tempfile.TemporaryDirectory() as tmp:
-            meta = bundle.save(tmp, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics)
-            bundle.copy(tmp, target)
-    else:
-        meta = bundle.save(target, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tmp if storage.is_s3(target) else target
+        meta = bundle.save(local, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics)
+        if quantize.available():  # int8 on CPU is then the default at no cost to the user
+            meta = quantize.calibrate_bundle(local, data.load_split(cfg["data"], "Training").pixels, source=cfg["data"])
+        if local != target:
+            bundle.copy(local, target)
     return target, meta
 
 

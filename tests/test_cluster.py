@@ -15,7 +15,6 @@ even when a test fails. Slow by nature (about 3 minutes on 2 cores), and part of
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random

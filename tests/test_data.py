@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import face_like, image_bytes
-from fer_ray import cli, data, preprocess, storage
+from fer_ray import cli, data, ingest, preprocess, storage
 
 BLACK = np.zeros((48, 48), np.uint8)
 
@@ -105,7 +105,7 @@ def test_csv_other_column_order_and_tar_gz(tmp_path):
         info = tarfile.TarInfo("fer2013/fer2013.csv")
         info.size = len(raw)
         tar.addfile(info, io.BytesIO(raw))
-    s = data.prepare(str(archive), str(tmp_path / "out"))
+    s = ingest.prepare(str(archive), str(tmp_path / "out"))
     assert s["counts"]["Training"]["rows"] == 1 and s["counts"]["PublicTest"]["rows"] == 1
     assert s["leakage"]["PublicTest_in_Training"] == 1
     assert data.load_split(str(tmp_path / "out"), "PublicTest").in_training.tolist() == [True]
@@ -133,7 +133,7 @@ def defect_rows():
 
 def test_duplicates_blank_and_leakage_measured(tmp_path):
     src = write_csv(tmp_path / "fer.csv", defect_rows())
-    s = data.prepare(src, str(tmp_path / "out"))
+    s = ingest.prepare(src, str(tmp_path / "out"))
     assert s["blank"]["rows"] == 3 and s["blank"]["all_black"] == 2
     assert s["blank"]["source_rows"] == [4, 5, 9]
     dup = s["duplicates"]
@@ -190,7 +190,7 @@ def test_ferplus_votes_joined_by_position(tmp_path):
     fp = write_ferplus(tmp_path / "fernew.csv", len(rows),
                        special={1: [0, 0, 0, 0, 0, 0, 0, 3, 2, 5], 7: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]})
     out_dir = str(tmp_path / "out")
-    s = data.prepare(src, out_dir, ferplus=fp)
+    s = ingest.prepare(src, out_dir, ferplus=fp)
     assert s["ferplus"]["rows_without_votes"] == 1 and s["ferplus"]["rows_with_votes"] == 5
     train = data.load_split(out_dir, "Training")  # source rows 0, 1, 9
     assert train.has_votes.tolist() == [True, False, True]
@@ -288,9 +288,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_rerun_removes_stale_split(tmp_path):
     out_dir = str(tmp_path / "out")
     img = px_text(face_like(1))
-    data.prepare(write_csv(tmp_path / "a.csv", [(0, img, "Training"), (1, img, "PublicTest")]), out_dir)
+    ingest.prepare(write_csv(tmp_path / "a.csv", [(0, img, "Training"), (1, img, "PublicTest")]), out_dir)
     assert os.path.exists(data.split_path(out_dir, "PublicTest"))
-    s = data.prepare(write_csv(tmp_path / "b.csv", [(0, img, "Training")]), out_dir)
+    s = ingest.prepare(write_csv(tmp_path / "b.csv", [(0, img, "Training")]), out_dir)
     assert not os.path.exists(data.split_path(out_dir, "PublicTest")) and s["splits"] == ["Training"]
     with pytest.raises(data.FerRayError, match="no PublicTest split"):
         data.load_split(out_dir, "PublicTest")
@@ -302,8 +302,8 @@ def test_prepared_data_on_s3(tmp_path, bucket):
     local = str(tmp_path / "local")
     remote = f"{bucket}/prepared/fer"
     fp = write_ferplus(tmp_path / "fernew.csv", len(rows), special={1: [0] * 9 + [10]})
-    s_local = data.prepare(src, local, ferplus=fp)
-    s_remote = data.prepare(src, remote, ferplus=fp)
+    s_local = ingest.prepare(src, local, ferplus=fp)
+    s_remote = ingest.prepare(src, remote, ferplus=fp)
     assert data.checksum(remote) == data.checksum(local) == s_remote["checksum"] == s_local["checksum"]
     assert data.read_summary(remote)["counts"] == s_local["counts"]
     for split in data.SPLITS:
@@ -312,3 +312,26 @@ def test_prepared_data_on_s3(tmp_path, bucket):
         assert (a.votes == b.votes).all() and (a.has_votes == b.has_votes).all()
     with pytest.raises(data.FerRayError, match="no Training split"):
         data.load_split(f"{bucket}/nothing", "Training")
+
+
+def test_png_pixels_round_trip_locally_and_on_s3(tmp_path, bucket, capsys):
+    rows, good = sample_rows()
+    src = write_csv(tmp_path / "fer.csv", rows)
+    fp = write_ferplus(tmp_path / "fernew.csv", len(rows), special={1: [0] * 9 + [10]})
+    raw, png, remote = str(tmp_path / "raw"), str(tmp_path / "png"), f"{bucket}/prepared/png"
+    ingest.prepare(src, raw, ferplus=fp)
+    code, out, err = run_cli(["prepare", "--source", src, "--output", png, "--ferplus", fp, "--png"], capsys)
+    assert code == 0, err
+    assert data.read_summary(png)["options"]["png"] is True
+    ingest.prepare(src, remote, ferplus=fp, png=True)
+    for split in data.SPLITS:
+        a, b, c = (data.load_split(d, split) for d in (raw, png, remote))
+        for other in (b, c):
+            assert (a.pixels == other.pixels).all() and (a.labels == other.labels).all()
+            assert (a.source_rows == other.source_rows).all() and (a.votes == other.votes).all()
+    assert data.checksum(png) == data.checksum(remote) != data.checksum(raw)
+    # a real-looking face compresses: PNG bytes are smaller than the 2,304 raw ones
+    import pyarrow.parquet as pq
+
+    sizes = pq.read_table(data.split_path(png, "Training")).column("pixels").to_pylist()
+    assert all(len(p) < 48 * 48 for p in sizes)

@@ -2,7 +2,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from fer_ray import bundle, cli, data, loop, storage, train
 from test_loop import separable
@@ -94,6 +93,37 @@ def test_single_process_run_checkpoints_resumes_and_writes_a_bundle(prepared, tm
     assert b.meta["data_checksum"] == data.checksum(prepared)
     # a different architecture under the same name is refused
     assert cli.main(["train", "--data", prepared, "--storage", str(tmp_path), "--name", "solo", "--arch", "classic"]) == 2
+    assert b.precision == "int8" and b.meta["int8"]["calibration"]["images"] == 96  # calibrated at the end
+
+
+# What the GPU machine lacks: a run with --workers 0 must not need any of these.
+NOT_ON_GPU_MACHINE = ("ray", "s3fs", "botocore", "aiobotocore", "duckdb", "moto")
+BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError("blocked for this test: " + name)
+sys.meta_path.insert(0, Block())
+"""
+RUN_CLI = "from fer_ray import cli; sys.exit(cli.main(sys.argv[1:]))"
+
+
+def test_single_process_training_runs_without_ray(prepared, tmp_path):
+    import subprocess
+    import sys
+
+    blocker = BLOCKER.format(blocked=set(NOT_ON_GPU_MACHINE))
+    argv = ["train", "--data", prepared, "--arch", "fastnet", "--arch-args", json.dumps(TINY_ARGS), "--epochs", "1",
+            "--batch-size", "32", "--workers", "0", "--storage", str(tmp_path), "--name", "noray"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", blocker + RUN_CLI, *argv], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert bundle.load(str(tmp_path / "noray" / "bundle")).meta["training"]["epochs_completed"] == 1
+    # and the blocker really blocks
+    res = subprocess.run([sys.executable, "-c", blocker + "import ray.train"], capture_output=True, text=True)
+    assert res.returncode != 0 and "blocked for this test: ray" in res.stderr
 
 
 def test_ray_train_two_workers_checkpoints_to_s3_and_resumes(ray_local, bucket, prepared):

@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default="PrivateTest", choices=data.SPLITS, help="split to evaluate (default PrivateTest)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: mean softmax over 10 views (image + 4 zoomed corner crops, each flipped)")
-    p.add_argument("--out", metavar="DIR", help="output directory or s3:// URI (default BUNDLE/eval-SPLIT[-tta])")
+    p.add_argument("--precision", choices=bundle_mod.PRECISIONS, default="auto",
+                   help="auto (default): int8 on CPU when the bundle is calibrated, else fp32")
+    p.add_argument("--out", metavar="DIR", help="output directory or s3:// URI (default BUNDLE/eval-SPLIT[-int8][-tta])")
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="B", help="images per forward pass (default 256)")
     p.add_argument("--samples", type=_positive_int, default=40, metavar="K", help="images in the sample grid (default 40)")
     p.add_argument("--no-record", action="store_true", help="do not write the metrics into the bundle's bundle.json")
@@ -55,11 +57,11 @@ def record_in_bundle(directory: str, key: str, summary: dict) -> dict:
 
 
 def run(args) -> int:
-    b = bundle_mod.load(args.model)
+    b = bundle_mod.load(args.model, precision=args.precision)
     split = data.load_split(args.data, args.split)
     if len(split) == 0:
         raise FerRayError(f"split {args.split} in {args.data} has no rows")
-    key = args.split + ("-tta" if args.tta else "")
+    key = args.split + ("-int8" if b.precision == "int8" else "") + ("-tta" if args.tta else "")
     out = args.out or storage.join(args.model, f"eval-{key}")
     remote = storage.is_s3(out)
     local_out = tempfile.mkdtemp(prefix="fer-ray-eval-") if remote else out
@@ -100,6 +102,7 @@ def run(args) -> int:
         "same_data_as_training": None if not b.meta.get("data_checksum") else checksum == b.meta["data_checksum"],
         "split": args.split,
         "tta": bool(args.tta),
+        "precision": b.precision,
         "classes": b.classes,
         **result,
         "plots": plots,
@@ -121,11 +124,12 @@ def run(args) -> int:
             "macro_f1": result["macro_f1"],
             "not_in_training": {"n": nit["n"], "accuracy": nit["accuracy"]},
             "tta": bool(args.tta),
+            "precision": b.precision,
             "data_checksum": report["data_checksum"],
             "evaluated_at": now,
         })
 
-    print(f"{b.model_id} on {args.split}{' with TTA' if args.tta else ''} "
+    print(f"{b.model_id} ({b.precision}) on {args.split}{' with TTA' if args.tta else ''} "
           f"({result['images_per_second']} img/s)")
     for line in ev.summary_lines(result, b.classes):
         print(line)

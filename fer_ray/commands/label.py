@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
                    help="labeling actors (default: one per CPU, or one per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="run the model on GPUs (one actor per GPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="auto (default): int8 on CPU when the model is calibrated for it, else fp32")
     p.add_argument("--run-id", default=None, metavar="ID", help="name the run (default: UTC time + random suffix)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -44,6 +46,6 @@ def run(args) -> int:
             raise UsageError(str(exc)) from None
     summary = label.run(args.source, args.dest, model=args.model, faces=args.faces, incremental=args.incremental,
                         batch_size=args.batch_size, workers=args.workers, gpu=args.gpu, run_id=args.run_id,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, precision=args.precision)
     print(label.summary_text(summary), flush=True)
     return 0

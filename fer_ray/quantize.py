@@ -1,0 +1,76 @@
+"""Int8 CPU inference: post-training static quantisation with PyTorch FX on the x86 backend.
+
+Conv+BN+ReLU are fused and run as int8 kernels (per-channel weights, activations scaled by
+observers). A bundle stores only the calibrated observers (plain float tensors, beside the fp32
+weights), so loading stays a safetensors read: the quantised model is rebuilt from the fp32 one
+on load, deterministically, with no calibration data needed."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+
+ENGINE = "x86"
+MARK = "activation_post_process"  # FX names every activation observer with this prefix
+
+
+def available() -> bool:
+    return ENGINE in torch.backends.quantized.supported_engines
+
+
+def _prepare(model: torch.nn.Module, size: int = 48) -> torch.nn.Module:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = ENGINE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        return prepare_fx(
+            copy.deepcopy(model).float().eval(),
+            get_default_qconfig_mapping(ENGINE),
+            (torch.zeros(1, 1, size, size),),
+        )
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, batches, size: int = 48) -> dict[str, torch.Tensor]:
+    """Run normalised input batches through observers; returns their state (what to store)."""
+    prepared = _prepare(model, size)
+    for x in batches:
+        prepared(x)
+    return {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items() if MARK in k}
+
+
+@torch.no_grad()
+def convert(model: torch.nn.Module, observers: dict[str, torch.Tensor], size: int = 48) -> torch.nn.Module:
+    """The int8 model for an fp32 model and the observer state calibrate() returned."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    prepared = _prepare(model, size)
+    expected = {k for k in prepared.state_dict() if MARK in k}
+    if set(observers) != expected:
+        raise ValueError("int8 calibration does not match this model's layers")
+    prepared.load_state_dict(observers, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(prepared).eval()
+
+
+def calibrate_bundle(directory: str, pixels, samples: int = 2048, seed: int = 0, source: str = "") -> dict:
+    """Calibrate a local bundle on `samples` random rows of uint8 (N,48,48) `pixels` (training
+    images, never the test splits) and store the observers in it. Returns the bundle metadata."""
+    import numpy as np
+
+    from . import bundle as bundle_mod
+
+    b = bundle_mod.load(directory, precision="fp32", optimize=False)
+    n = min(int(samples), len(pixels))
+    if n == 0:
+        raise ValueError("no images to calibrate on")
+    idx = np.sort(np.random.default_rng(seed).choice(len(pixels), n, replace=False))
+    size = int(b.meta["preprocess"].get("input_size", 48))
+    batches = (b.inputs(pixels[idx[i:i + 256]]) for i in range(0, n, 256))
+    observers = calibrate(b.model, batches, size)
+    return bundle_mod.add_int8(directory, observers, {"images": n, "seed": seed, "source": source})
