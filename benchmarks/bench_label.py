@@ -154,12 +154,12 @@ def model_rate(blobs, threads: int, args_workers=None, batch: int = 256, seconds
     """(a): forward passes on pre-decoded pixels, chunked (and frozen, for big jobs) as the job does it."""
     import torch
 
-    from fer_ray import bundle, label, preprocess
+    from fer_ray import bundle, label, labeler, preprocess
 
     torch.set_num_threads(threads)
     b = bundle.load()
     per_actor = len(blobs) / (args_workers or os.cpu_count())
-    model = label.frozen(b.model) if per_actor >= label.TUNING["freeze_min_images"] else b.model
+    model = labeler.frozen(b.model) if per_actor >= label.TUNING["freeze_min_images"] else b.model
     px = np.stack([preprocess.to_gray48(preprocess.decode(x)) for x in blobs[:batch]])
     chunk = int(label.TUNING["forward_chunk"])
     with torch.inference_mode():
@@ -201,13 +201,13 @@ def local_read_rate(paths):
 def s3_get_rate(keys, client: str = "fetcher"):
     """The S3 server's GET rate, many requests in flight: with the job's own fetcher (botocore,
     one GetObject per object, 16 threads), or with s3fs's `cat` of 256 keys at a time."""
-    from fer_ray import label, storage
+    from fer_ray import labeler, storage
 
     if client == "s3fs":
         fs = storage.filesystem("s3://x")[0]
         get = fs.cat
     else:
-        fetcher = label.Fetcher(16)
+        fetcher = labeler.Fetcher(16)
         get = lambda ks: fetcher.fetch([f"s3://{k}" for k in ks])  # noqa: E731
     get(keys[:64])  # connection warm-up
     c, t = tree_cpu(), time.perf_counter()
@@ -228,15 +228,14 @@ def naive_loop(uris, out_dir, threads: int, batch: int = 256):
     import pyarrow.parquet as pq
     import torch
 
-    from fer_ray import bundle, preprocess, storage
+    from fer_ray import bundle, labeler, preprocess, storage
     from fer_ray.emotions import EMOTIONS
     from fer_ray.schema import LABEL_SCHEMA, PROB_COLUMNS
 
-    from fer_ray import label
 
     torch.set_num_threads(threads)
     b = bundle.load()
-    s3 = label.Fetcher(16) if storage.is_s3(uris[0]) else None  # the job's fetcher: same GETs
+    s3 = labeler.Fetcher(16) if storage.is_s3(uris[0]) else None  # the job's fetcher: same GETs
     os.makedirs(out_dir, exist_ok=True)
     c, t = tree_cpu(), time.perf_counter()
     writer = pq.ParquetWriter(os.path.join(out_dir, "part-0.parquet"), LABEL_SCHEMA, compression="zstd")

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import face_like, image_bytes
-from fer_ray import cli, label, runs, storage
+from fer_ray import cli, label, runs, sources, storage
+from fer_ray import labeler as labeler_mod
 from fer_ray.emotions import EMOTIONS
 from fer_ray.schema import LABEL_SCHEMA, PROB_COLUMNS
 
@@ -88,12 +89,12 @@ def labeler():
     from fer_ray import bundle
 
     meta = bundle.load().meta
-    return label.Labeler(bundle.default_path(), meta["model_id"], "test-run")
+    return labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "test-run")
 
 
 def _batch(uris, sizes=None):
     sizes = sizes or [os.path.getsize(u) if os.path.exists(u) else -1 for u in uris]
-    return pa.Table.from_pydict({"uri": uris, "size": sizes, "etag": ["e"] * len(uris)}, schema=label.INPUT_SCHEMA)
+    return pa.Table.from_pydict({"uri": uris, "size": sizes, "etag": ["e"] * len(uris)}, schema=labeler_mod.INPUT_SCHEMA)
 
 
 def _catalogue():
@@ -143,9 +144,9 @@ def test_too_large_objects_are_not_fetched_and_big_batches_are_split(labeler, tm
         p.write_bytes(image_bytes(face_like(i)))
         paths.append(str(p))
     sizes = [os.path.getsize(p) for p in paths]
-    sizes[2] = label.MAX_OBJECT_BYTES + 1  # listed as too large: not even fetched
-    monkeypatch.setattr(label, "FETCH_BYTES", 2 * max(sizes[:2]))  # -> several fetches per batch
-    assert len(label._byte_groups([0, 1, 3, 4, 5], sizes)) >= 2
+    sizes[2] = labeler_mod.MAX_OBJECT_BYTES + 1  # listed as too large: not even fetched
+    monkeypatch.setattr(labeler_mod, "FETCH_BYTES", 2 * max(sizes[:2]))  # -> several fetches per batch
+    assert len(labeler_mod._byte_groups([0, 1, 3, 4, 5], sizes)) >= 2
     rows = {r["image_path"]: r for r in labeler(_batch(paths, sizes=sizes)).to_pylist()}
     assert len(rows) == 6 and rows[paths[2]]["error"].startswith("file too large")
     assert all(rows[p]["error"] is None and rows[p]["label"] in EMOTIONS for k, p in enumerate(paths) if k != 2)
@@ -178,7 +179,7 @@ def test_detect_mode_rows_per_face(tmp_path):
     canvas.save(group)
     blank.write_bytes(image_bytes(np.full((200, 300), 128, np.uint8)))
     meta = bundle.load().meta
-    lab = label.Labeler(bundle.default_path(), meta["model_id"], "r", faces="detect")
+    lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r", faces="detect")
     rows = lab(_batch([str(group), str(blank)])).to_pylist()
     g = [r for r in rows if r["image_path"] == str(group)]
     boxes = faces.find(Image.open(group), "detect")
@@ -295,21 +296,21 @@ def test_manifest_sources(tmp_path, bucket):
     for n in ("x.jpg", "y.png"):
         (tmp_path / "a" / n).write_bytes(image_bytes(face_like(1)))
     (tmp_path / "m.txt").write_text(f"# crops\na/x.jpg\n\n{tmp_path}/a/y.png\na/gone.jpg\na/x.jpg\n")
-    got = label.list_source(str(tmp_path / "m.txt"))
+    got = sources.list_source(str(tmp_path / "m.txt"))
     assert [os.path.basename(o.uri) for o in got] == ["gone.jpg", "x.jpg", "y.png"]
     assert got[0].size == -1 and got[1].size > 0 and got[1].etag
     _put(f"{bucket}/p", {"k1.jpg": b"1", "sub/k2.jpg": b"22"})
     pq.write_table(pa.table({"uri": [f"{bucket}/p/k1.jpg", f"{bucket}/p/sub/k2.jpg"]}), tmp_path / "m.parquet")
-    got = label.list_source(str(tmp_path / "m.parquet"))
+    got = sources.list_source(str(tmp_path / "m.parquet"))
     assert [(o.uri, o.size) for o in got] == [(f"{bucket}/p/k1.jpg", 1), (f"{bucket}/p/sub/k2.jpg", 2)]
     assert all(o.etag for o in got)
     many = {f"m{i:02d}.jpg": b"x" * i for i in range(1, 21)}  # > 16 in a folder: one listing, not HEADs
     _put(f"{bucket}/many", many)
     (tmp_path / "many.txt").write_text("".join(f"{bucket}/many/{k}\n" for k in many) + f"{bucket}/many/zz.jpg\n")
-    got = label.list_source(str(tmp_path / "many.txt"))
+    got = sources.list_source(str(tmp_path / "many.txt"))
     assert [o.size for o in got] == list(range(1, 21)) + [-1]
     with pytest.raises(label.FerRayError, match="no such source"):
-        label.list_source(str(tmp_path / "nope.txt"))
+        sources.list_source(str(tmp_path / "nope.txt"))
 
 
 def test_worker_plan_never_holds_every_cpu():
