@@ -55,6 +55,7 @@ class FitConfig:
     soft_labels: bool = False  # targets = FER+ vote distribution where votes exist
     mixup: float = 0.0  # Beta alpha; 0 = off
     cutmix: float = 0.0  # Beta alpha; 0 = off
+    distill: float = 0.0  # weight of a teacher model's probabilities in the targets (fit(teacher=...)); 0 = off
     augment: dict | None = field(default_factory=dict)  # strengths, see augment.DEFAULTS; {} = defaults
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     eval_batch_size: int = 512
@@ -84,6 +85,7 @@ class FitConfig:
         need(float(self.weight_decay) >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         need(0 <= float(self.label_smoothing) < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         need(float(self.mixup) >= 0 and float(self.cutmix) >= 0, "mixup/cutmix alpha must be >= 0")
+        need(0 <= float(self.distill) <= 1, f"distill weight must be in [0, 1], got {self.distill}")
         need(int(self.patience) >= 0, f"patience must be >= 0, got {self.patience}")
         need(float(self.warmup_epochs) >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}")
         need(0 < float(self.plateau_factor) < 1, f"plateau factor must be in (0, 1), got {self.plateau_factor}")
@@ -275,14 +277,25 @@ def _cpu_copy(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def fit(model, train_batches, val_batches, config, reporter, start_state: dict | None = None) -> dict:
+def teacher_targets(teacher, x: torch.Tensor, t: torch.Tensor, weight: float, amp: bool) -> torch.Tensor:
+    """Knowledge distillation: blend the teacher's probabilities on the same augmented input into
+    the targets (before mixup/CutMix, which then mix them like any target)."""
+    with torch.no_grad(), _autocast(x.device, amp):
+        probs = torch.softmax(teacher(x).float(), dim=1)
+    return (1.0 - weight) * t + weight * probs
+
+
+def fit(model, train_batches, val_batches, config, reporter, start_state: dict | None = None, teacher=None) -> dict:
     """Train `model` and return {"history", "best", "epochs_run", "stopped_early"}.
 
     `best` = {"epoch", "val_acc", "val_loss", "model": CPU state dict of the best-val-acc weights}.
     `config` is a FitConfig or a dict of its fields. `reporter.report(metrics, state)` is called
     once per epoch on every rank. With `start_state` (a state from an earlier report) training
-    continues after that state's epoch, with its optimizer, schedule, best weights and history."""
+    continues after that state's epoch, with its optimizer, schedule, best weights and history.
+    `teacher` (an eval-mode model on the same device) is needed when config.distill > 0."""
     cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(config)
+    if cfg.distill > 0 and teacher is None:
+        raise ValueError("distill > 0 needs a teacher model")
     device = next(model.parameters()).device
     rank, _ = _world()
     net = unwrap(model)
@@ -325,6 +338,8 @@ def fit(model, train_batches, val_batches, config, reporter, start_state: dict |
             x = _inputs(px, device)
             x = aug.augment(x, cfg.augment)
             t = targets_for(y, None if votes is None else votes.to(device), cfg.soft_labels, cfg.label_smoothing)
+            if cfg.distill > 0:
+                t = teacher_targets(teacher, x, t, cfg.distill, cfg.amp)
             w = weights_by_class[y] if weights_by_class is not None else torch.ones(len(y), device=device)
             x, t, w = aug.mix(x, t, w, cfg.mixup, cfg.cutmix)
             with _autocast(device, cfg.amp):

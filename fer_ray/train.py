@@ -31,7 +31,7 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from . import bundle, data, loop, models, quantize, storage
+from . import bundle, data, loop, models, preprocess, quantize, storage
 from .errors import FerRayError, UsageError
 
 STATE_FILE = "state.pt"
@@ -52,6 +52,7 @@ RUN_DEFAULTS = {
     "max_failures": 1,  # worker-group restarts from the last checkpoint before giving up
     "placement_strategy": "PACK",  # how Ray places workers on nodes (STRICT_SPREAD: one per node)
     "checkpoints_to_keep": 2,
+    "teacher": None,  # bundle (local or s3://) to distil from, with distill > 0
 }
 FIT_KEYS = tuple(f.name for f in fields(loop.FitConfig))
 KEYS = tuple(RUN_DEFAULTS) + FIT_KEYS
@@ -170,6 +171,17 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
         raise UsageError(f"batch size {cfg['batch_size']} is smaller than the number of workers {cfg['workers']}")
     if cfg["gpu"] and cfg["workers"] == 0 and not torch.cuda.is_available():
         raise UsageError("--gpu with --workers 0 needs a CUDA device in this process, and there is none")
+    if (cfg["distill"] > 0) != bool(cfg.get("teacher")):
+        raise UsageError("distillation needs both --teacher BUNDLE and --distill W > 0")
+    if cfg.get("teacher"):
+        if not storage.is_s3(cfg["teacher"]):
+            cfg["teacher"] = os.path.abspath(cfg["teacher"])
+        try:
+            meta = bundle.load(cfg["teacher"], precision="fp32").meta
+        except FerRayError as exc:
+            raise UsageError(f"--teacher: {exc}") from None
+        if (meta["preprocess"]["mean"], meta["preprocess"]["std"]) != (preprocess.MEAN, preprocess.STD):
+            raise UsageError("--teacher normalises its input differently from this fer-ray's models")
     if cfg["name"] is None:
         cfg["name"] = f"{cfg['arch']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if not _NAME_RE.match(str(cfg["name"])):
@@ -234,6 +246,13 @@ def make_batches(cfg: dict, rank: int, world: int, device) -> tuple[loop.ArrayBa
 def build_model(cfg: dict, device) -> torch.nn.Module:
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank (DDP also broadcasts them)
     return loop.to_device(models.build(cfg["arch"], **cfg["arch_args"]), device)
+
+
+def build_teacher(cfg: dict, device) -> torch.nn.Module | None:
+    if not cfg.get("teacher") or cfg["distill"] <= 0:
+        return None
+    b = bundle.load(cfg["teacher"], gpu=device.type == "cuda", precision="fp32")
+    return b.model.to(device).eval().requires_grad_(False)
 
 
 def say(line: str) -> None:
@@ -326,7 +345,7 @@ def _run_local(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
         print(f"resuming {cfg['name']} after epoch {start['epoch']}", flush=True)
     tb, vb = make_batches(cfg, 0, 1, device)
     model = build_model(cfg, device)
-    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), reporter, start)
+    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), reporter, start, build_teacher(cfg, device))
     state = reporter.latest_state() or start
     if state is None:
         raise FerRayError("training produced no checkpoint")
@@ -387,7 +406,8 @@ def _train_worker(loop_config: dict):
             say(f"resuming {cfg['name']} after epoch {start['epoch']}")
     tb, vb = make_batches(cfg, rank, world, device)
     model = ray.train.torch.prepare_model(build_model(cfg, device))
-    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), RayReporter(cfg, rank, crash), start)
+    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), RayReporter(cfg, rank, crash), start,
+                      build_teacher(cfg, device))
     return {"epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"]}
 
 

@@ -55,6 +55,31 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_weights():
     assert out["best"]["val_acc"] == max(h["val_acc"] for h in hist)
 
 
+class AlwaysAngry(torch.nn.Module):
+    """A 'teacher' sure that every face is class 0, whatever it sees."""
+
+    def forward(self, x):
+        return torch.tensor([12.0] + [0.0] * 6).expand(len(x), 7)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    tb, vb = batches(batch_size=16)
+    cfg = {"epochs": 3, "augment": None, "warmup_epochs": 0}
+    torch.manual_seed(0)
+    free = loop.fit(models.build("fastnet", **TINY), tb, vb, cfg, Recorder())
+    torch.manual_seed(0)
+    student = models.build("fastnet", **TINY)
+    taught = loop.fit(student, tb, vb, {**cfg, "distill": 1.0}, Recorder(), teacher=AlwaysAngry())
+    # with the labels weighted 0, the student learns the teacher's answer, not the problem
+    with torch.no_grad():
+        x = torch.cat([loop._inputs(px, torch.device("cpu")) for px, _, _ in vb])
+        preds = student.eval()(x).argmax(1)
+    assert (preds == 0).float().mean() > 0.9
+    assert free["best"]["val_acc"] > 0.5 and taught["history"][-1]["val_acc"] < 0.35
+    with pytest.raises(ValueError, match="needs a teacher"):
+        loop.fit(models.build("fastnet", **TINY), tb, vb, {**cfg, "distill": 0.5}, Recorder())
+
+
 def test_fit_options_run_together():
     """Soft labels, smoothing, class weights, mixup+cutmix, AdamW, plateau: one epoch, finite loss."""
     torch.manual_seed(0)

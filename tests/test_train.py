@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from fer_ray import bundle, cli, data, loop, storage, train
+from fer_ray import bundle, cli, data, loop, models, storage, train
 from test_loop import separable
 
 TINY_ARGS = {"widths": [8, 8, 16, 16]}
@@ -52,6 +52,9 @@ def test_cli_rejects_bad_arguments_in_one_line(capsys, prepared, tmp_path):
     data.write_split(str(tmp_path / "novotes"), "PublicTest", *separable(4, 1)[:2])
     assert "needs FER+ votes" in one_line_error(capsys, ["--data", str(tmp_path / "novotes"), "--soft-labels"])
     assert "config file not found" in one_line_error(capsys, [*base, "--config", str(tmp_path / "x.yaml")])
+    assert "needs both --teacher" in one_line_error(capsys, [*base, "--distill", "0.5"])
+    assert "--teacher: not a model bundle" in one_line_error(capsys, [*base, "--teacher", str(tmp_path), "--distill", "0.5"])
+    assert "distill weight must be in [0, 1]" in one_line_error(capsys, [*base, "--teacher", str(tmp_path), "--distill", "2"])
 
 
 def test_config_file_values_are_defaults_that_flags_override(prepared, tmp_path):
@@ -107,6 +110,17 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 """
 RUN_CLI = "from fer_ray import cli; sys.exit(cli.main(sys.argv[1:]))"
+
+
+def test_distilling_from_a_bundle(prepared, tmp_path):
+    teacher = str(tmp_path / "teacher")
+    bundle.save(teacher, models.build("fastnet", **TINY_ARGS), "fastnet", TINY_ARGS)
+    argv = ["train", "--data", prepared, "--arch", "fastnet", "--arch-args", json.dumps(TINY_ARGS), "--epochs", "1",
+            "--batch-size", "32", "--workers", "0", "--storage", str(tmp_path), "--name", "pupil",
+            "--teacher", teacher, "--distill", "0.5"]
+    assert cli.main(argv) == 0
+    training = bundle.load(str(tmp_path / "pupil" / "bundle")).meta["training"]
+    assert training["teacher"] == teacher and training["distill"] == 0.5
 
 
 def test_single_process_training_runs_without_ray(prepared, tmp_path):

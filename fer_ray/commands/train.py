@@ -42,6 +42,9 @@ def add_arguments(p) -> None:
                    help="train on the FER+ vote distributions (needs prepared FER+ votes)")
     p.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup Beta alpha; 0 = off (default)")
     p.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix Beta alpha; 0 = off (default)")
+    p.add_argument("--teacher", metavar="BUNDLE", help="distil from this bundle (local or s3://); needs --distill")
+    p.add_argument("--distill", type=float, metavar="W",
+                   help="weight of the teacher's probabilities in the targets, 0..1; 0 = off (default)")
     p.add_argument("--augment", type=_augment, metavar="JSON|none",
                    help='augmentation strengths, e.g. \'{"rotate": 15, "erase": 0.5}\'; "none" turns it off')
     p.add_argument("--patience", type=int, metavar="N", help="early stop after N epochs without better val accuracy; 0 = off")
