@@ -53,6 +53,7 @@ RUN_DEFAULTS = {
     "placement_strategy": "PACK",  # how Ray places workers on nodes (STRICT_SPREAD: one per node)
     "checkpoints_to_keep": 2,
     "teacher": None,  # bundle (local or s3://) to distil from, with distill > 0
+    "half_weights": False,  # store the bundle's weights as fp16 (half the size; loaded back as fp32)
 }
 FIT_KEYS = tuple(f.name for f in fields(loop.FitConfig))
 KEYS = tuple(RUN_DEFAULTS) + FIT_KEYS
@@ -475,7 +476,8 @@ def write_bundle(cfg: dict, state: dict, summary: dict) -> tuple[str, dict]:
     checksum = data.checksum(cfg["data"])
     with tempfile.TemporaryDirectory() as tmp:
         local = tmp if storage.is_s3(target) else target
-        meta = bundle.save(local, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics)
+        meta = bundle.save(local, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics,
+                           half=bool(cfg.get("half_weights")))
         if quantize.available():  # int8 on CPU is then the default at no cost to the user
             meta = quantize.calibrate_bundle(local, data.load_split(cfg["data"], "Training").pixels, source=cfg["data"])
         if local != target:

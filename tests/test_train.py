@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from fer_ray import bundle, cli, data, loop, models, storage, train
 from test_loop import separable
@@ -117,10 +118,14 @@ def test_distilling_from_a_bundle(prepared, tmp_path):
     bundle.save(teacher, models.build("fastnet", **TINY_ARGS), "fastnet", TINY_ARGS)
     argv = ["train", "--data", prepared, "--arch", "fastnet", "--arch-args", json.dumps(TINY_ARGS), "--epochs", "1",
             "--batch-size", "32", "--workers", "0", "--storage", str(tmp_path), "--name", "pupil",
-            "--teacher", teacher, "--distill", "0.5"]
+            "--teacher", teacher, "--distill", "0.5", "--half-weights"]
     assert cli.main(argv) == 0
     training = bundle.load(str(tmp_path / "pupil" / "bundle")).meta["training"]
     assert training["teacher"] == teacher and training["distill"] == 0.5
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "pupil" / "bundle" / bundle.WEIGHTS_FILE))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
 
 
 def test_single_process_training_runs_without_ray(prepared, tmp_path):
@@ -167,3 +172,13 @@ def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, p
     assert result["epochs_run"] == 1  # the retried attempt started from the epoch-1 checkpoint
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert bundle.load(result["bundle"]).meta["training"]["epochs_completed"] == 2
+
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(CONFIGS) if n.endswith(".yaml")))
+def test_shipped_configs_are_valid(prepared, tmp_path, name):
+    values = train.read_config_file(os.path.join(CONFIGS, name))
+    cfg = train.resolve(values, {"data": prepared, "storage": str(tmp_path), "gpu": False})  # no GPU here
+    assert cfg["epochs"] >= 1 and models.count_params(models.build(cfg["arch"], **cfg["arch_args"])) > 0

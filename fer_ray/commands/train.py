@@ -58,6 +58,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-failures", type=int, metavar="N", help="worker-group restarts from the last checkpoint; default 1")
     p.add_argument("--checkpoints-to-keep", type=int, metavar="K", help="default 2")
     p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the bundle's weights as fp16 (half the size)")
 
 
 def run(args) -> int:
