@@ -3,8 +3,8 @@
 
     .venv/bin/python benchmarks/bench_faces.py [--seconds 3] [--threads 1,0] [--recall N [--csv PATH]]
 
-Inputs (all made here or shipped in installed packages): a 640x480 canvas with four FER samples
-pasted on it, a 640x480 crop of matplotlib's Grace Hopper portrait (one real face), 640x480 noise
+Inputs (all made here or shipped in installed packages): a 640x480 canvas with four copies of
+the face in matplotlib's Grace Hopper portrait pasted on it, a 640x480 crop of matplotlib's Grace Hopper portrait (one real face), 640x480 noise
 (a worst case: texture everywhere), and a 1920x1080 canvas (scanned downscaled to faces.MAX_SIDE).
 --threads: OpenCV worker threads to try (0 = OpenCV's default, all cores). In a Ray actor with
 fractional CPUs set 1 and let Ray run actors side by side.
@@ -29,31 +29,34 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fer_ray import faces  # noqa: E402
 
-SAMPLES = os.path.join(os.path.dirname(faces.__file__), "samples")
-PASTE = ["publictest_28723_neutral.png", "publictest_28749_angry.png",
-         "publictest_28767_surprise.png", "publictest_29106_fear.png"]
-
-
-def canvas(size, side):
-    img = Image.new("L", size, 170)
-    step = size[0] // len(PASTE)
-    for i, name in enumerate(PASTE):
-        face = Image.open(os.path.join(SAMPLES, name)).resize((side, side), Image.BICUBIC)
-        img.paste(face, (i * step + 10, (size[1] - side) // 2 + (i % 2) * side // 3))
-    return img.convert("RGB")
-
-
-def inputs():
-    out = {"canvas 640x480, 4 faces": canvas((640, 480), 120)}
+def hopper() -> Image.Image | None:
     spec = importlib.util.find_spec("matplotlib")
     if spec and spec.submodule_search_locations:
         p = os.path.join(list(spec.submodule_search_locations)[0], "mpl-data", "sample_data", "grace_hopper.jpg")
         if os.path.exists(p):
-            hop = Image.open(p).convert("RGB")  # 512x600
-            out["photo 640x480, 1 face"] = hop.resize((640, 750)).crop((0, 80, 640, 560))
+            return Image.open(p).convert("RGB")  # 512x600, the face at (145, 99, 239, 239)
+    return None
+
+
+def canvas(size, side, portrait):
+    img = Image.new("L", size, 170)
+    face = portrait.convert("L").crop((133, 87, 396, 350))
+    step = size[0] // 4
+    for i in range(4):
+        img.paste(face.resize((side, side), Image.BICUBIC), (i * step + 10, (size[1] - side) // 2 + (i % 2) * side // 3))
+    return img.convert("RGB")
+
+
+def inputs():
+    out = {}
+    hop = hopper()
+    if hop is not None:
+        out["canvas 640x480, 4 faces"] = canvas((640, 480), 120, hop)
+        out["photo 640x480, 1 face"] = hop.resize((640, 750)).crop((0, 80, 640, 560))
     rng = np.random.default_rng(0)
     out["noise 640x480, no face"] = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    out["canvas 1920x1080, 4 faces"] = canvas((1920, 1080), 300)
+    if hop is not None:
+        out["canvas 1920x1080, 4 faces"] = canvas((1920, 1080), 300, hop)
     return out
 
 

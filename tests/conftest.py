@@ -104,3 +104,27 @@ def image_bytes(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+# A real face without committing one: matplotlib ships a public-domain portrait of Grace Hopper.
+# Haar (alt2) finds this crop, and each variant, alone at 48-480 px on plain backgrounds 128-200.
+FACE_BOX = (145, 99, 239, 239)  # where the detector finds the face in the portrait (x, y, w, h)
+FACE_VARIANTS = ("plain", "mirror", "dark", "contrast")
+
+
+def real_face(variant: str = "plain", size: int = 96) -> Image.Image:
+    """A tight grayscale face crop (FER-style), or a variant of it, as a size x size image."""
+    import matplotlib
+    from PIL import ImageEnhance, ImageOps
+
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    x, y, w, h = FACE_BOX
+    d = w // 20
+    crop = Image.open(path).convert("L").crop((x - d, y - d, x + w + d, y + h + d))
+    crop = {
+        "plain": crop,
+        "mirror": ImageOps.mirror(crop),
+        "dark": ImageEnhance.Brightness(crop).enhance(0.7),
+        "contrast": ImageEnhance.Contrast(crop).enhance(1.4),
+    }[variant]
+    return crop.resize((size, size), Image.LANCZOS)

@@ -4,7 +4,6 @@ exactly once, across crashes, killed actors and incremental re-runs."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import face_like, image_bytes
+from conftest import FACE_VARIANTS, real_face, face_like, image_bytes
 from fer_ray import cli, label, runs, sources, storage
 from fer_ray import labeler as labeler_mod
 from fer_ray.emotions import EMOTIONS
@@ -168,8 +167,7 @@ def test_detect_mode_rows_per_face(tmp_path):
         faces.find(Image.new("RGB", (64, 64)), "detect")
     except NotImplementedError:
         pytest.skip("face detection not built yet")
-    samples = sorted((Path(label.__file__).parent / "samples").glob("*.png"))
-    crops = [Image.open(p).convert("L").resize((96, 96)) for p in samples]
+    crops = [real_face(v, 96) for v in FACE_VARIANTS]
     found = [c for c in crops if len(faces.find(c, "detect")) == 1][:3]  # crops the detector sees alone
     assert len(found) == 3
     canvas = Image.new("L", (400, 160), 128)

@@ -1,7 +1,7 @@
 """fer_ray.query and `fer-ray query` on outputs written by the real labeling job (fer_ray.label.run).
 
 One labeled output per session, shared with test_report.py (`outputs` below):
-  local: run 1 labels 30 FER sample faces + 2 bad files; run 2 (--incremental) adds 12 more samples
+  local: run 1 labels 30 sample faces + 2 bad files; run 2 (--incremental) adds 12 more samples
          and 10 generated faces in a sub-folder; then an uncommitted `run_id=` folder and a staging
          folder (copies of run 1's file) are planted, which every reader must ignore.
   s3:    the whole source uploaded to a bucket and labeled S3 -> S3 in one run.
@@ -27,13 +27,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import face_like, image_bytes
+from conftest import FACE_VARIANTS, face_like, image_bytes, real_face
 from fer_ray import cli, label, query, runs, storage
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError, UsageError
 from fer_ray.schema import LABEL_SCHEMA
 
-SAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "fer_ray", "samples", "*.png")))
+N_SAMPLES = 42
+
+
+def sample_pixels(i: int) -> np.ndarray:
+    """Sample face i of N_SAMPLES: the real test face (a variant), shifted, blended with a generated pattern."""
+    face = np.asarray(real_face(FACE_VARIANTS[i % len(FACE_VARIANTS)], 48), np.float32)
+    face = np.roll(face, (i % 7 - 3, i % 5 - 2), axis=(0, 1))
+    return np.clip(0.7 * face + 0.3 * face_like(2000 + i), 0, 255).astype(np.uint8)
+
+
+def write_samples(folder) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, f"sample_{i:02d}.png") for i in range(N_SAMPLES)]
+    for i, p in enumerate(paths):
+        with open(p, "wb") as f:
+            f.write(image_bytes(sample_pixels(i)))
+    return paths
+
+
 BAD = {"bad/not-an-image.jpg": b"hello, I am not a JPEG", "bad/empty.png": b""}
 
 _CACHE: dict = {}
@@ -51,7 +69,7 @@ def spread_bundle(directory: str) -> str:
     torch.manual_seed(0)
     m = models.build("fastnet").eval()
     last = [x for x in m.modules() if isinstance(x, torch.nn.Linear)][-1]
-    px = np.stack([preprocess.to_gray48(preprocess.decode(open(f, "rb").read())) for f in SAMPLES]
+    px = np.stack([sample_pixels(i) for i in range(N_SAMPLES)]
                   + [face_like(i) for i in range(40)])
     feats = []
     hook = last.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach()))
@@ -100,7 +118,8 @@ def make_outputs(tmp_path_factory, s3_server) -> dict:
     base = tmp_path_factory.mktemp("labeled")
     model = spread_bundle(str(base / "bundle"))
     src = str(base / "src")
-    _write_source(src, SAMPLES[:30])
+    samples = write_samples(str(base / "samples"))
+    _write_source(src, samples[:30])
     for k, v in BAD.items():
         os.makedirs(os.path.dirname(os.path.join(src, k)), exist_ok=True)
         with open(os.path.join(src, k), "wb") as f:
@@ -108,7 +127,7 @@ def make_outputs(tmp_path_factory, s3_server) -> dict:
     local = str(base / "out")
     kw = dict(model=model, batch_size=16, workers=1, progress=False, echo=lambda m: None)
     m1 = label.run(src, local, **kw)
-    _write_source(src, SAMPLES[30:], generated=10)
+    _write_source(src, samples[30:], generated=10)
     m2 = label.run(src, local, incremental=True, **kw)
 
     # debris a reader must ignore: a crashed run's staging and an uncommitted run folder
@@ -225,7 +244,7 @@ FILTERS = [
     dict(emotion="neutral,fear,surprise", min_confidence=0.3, max_confidence=0.8),
     dict(errors_only=True),
     dict(path_glob="*/gen/*.jpg"),
-    dict(path_glob="*_[st]*.png", min_confidence=0.35),
+    dict(path_glob="*/sample_[13]*.png", min_confidence=0.35),
     dict(run="latest"),
     dict(run="FIRST", emotion="disgust"),
 ]
