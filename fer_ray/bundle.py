@@ -146,6 +146,8 @@ def load(uri: str | None = None, gpu: bool = False, optimize: bool = True, preci
     +-0.3 points on FER-2013), else fp32; fp32 or int8 force one."""
     if precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if gpu and precision == "int8":
+        raise BundleError("int8 runs on CPU only: use --precision auto or fp32 with --gpu")
     directory = _local_copy(uri) if uri else default_path(gpu)
     meta = read_meta(directory)
     weights = os.path.join(directory, WEIGHTS_FILE)

@@ -200,8 +200,9 @@ def test_cli_errors_are_one_line(capsys, bucket, tmp_path):
     assert cli.main(["label", str(tmp_path / "nope"), str(tmp_path / "o")]) == 1
     assert cli.main(["label", "s3://no-such-bucket-here/x", str(tmp_path / "o")]) == 1
     assert cli.main(["label", f"{bucket}/empty", str(tmp_path / "o"), "--model", str(tmp_path)]) == 1
+    assert cli.main(["label", str(tmp_path), str(tmp_path / "o"), "--gpu", "--precision", "int8"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 6 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 7 and all(line.startswith("error: ") for line in err)
 
 
 # ------------------------------------------------------------------------- with Ray + S3
@@ -224,6 +225,7 @@ def test_label_s3_to_s3_every_row(ray_local, bucket, capsys):
     _once(t, listing)
     _check_rows(t, marker)
     assert marker["objects"] == marker["objects_listed"] == len(listing)
+    assert marker["precision"] == "int8"  # the shipped CPU model is calibrated: its actors run int8
     assert marker["errors"]["empty file"] >= 1 and marker["errors"]["cannot decode image: UnidentifiedImageError"] >= 1
     assert set(t.column("run_id").to_pylist()) == {"first"}
     by = {r["image_path"]: r for r in t.to_pylist()}

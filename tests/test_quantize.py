@@ -83,6 +83,8 @@ def test_bad_precision_and_corrupt_calibration(tmp_path):
     bundle.save(d, _settled_model(), "fastnet", {"widths": [16, 32, 64, 128]})
     with pytest.raises(bundle.BundleError, match="precision must be one of"):
         bundle.load(d, precision="fp16")
+    with pytest.raises(bundle.BundleError, match="int8 runs on CPU only"):
+        bundle.load(d, gpu=True, precision="int8")
     quantize.calibrate_bundle(d, _faces(8))
     (tmp_path / "b" / bundle.INT8_FILE).write_bytes(b"garbage")
     with pytest.raises(bundle.BundleError, match="bad int8 calibration"):
