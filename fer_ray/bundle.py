@@ -166,23 +166,26 @@ def load(uri: str | None = None, gpu: bool = False, optimize: bool = True, preci
         raise BundleError(f"bundle {directory}: weights do not match architecture {meta['arch']!r}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval()
-    int8 = precision == "int8" or (precision == "auto" and optimize and not gpu and _has_int8(directory, meta))
-    if int8:
+    missing = _int8_missing(directory, meta)
+    if precision == "int8" and missing:
+        raise BundleError(missing)
+    if precision == "int8" or (precision == "auto" and optimize and not gpu and not missing):
         return Bundle(model=_int8_model(directory, meta, model), meta=meta, path=directory, precision="int8")
     if optimize:
         model = models.optimize_for_inference(model)
     return Bundle(model=model, meta=meta, path=directory)
 
 
-def _has_int8(directory: str, meta: dict) -> bool:
-    return bool(meta.get("int8")) and os.path.isfile(os.path.join(directory, INT8_FILE)) and quantize.available()
+def _int8_missing(directory: str, meta: dict) -> str | None:
+    """Why this bundle cannot run int8 here, or None when it can."""
+    if not meta.get("int8") or not os.path.isfile(os.path.join(directory, INT8_FILE)):
+        return f"bundle {directory} has no int8 calibration (run fer-ray quantize)"
+    if not quantize.available():
+        return f"int8 needs the {quantize.ENGINE} quantised engine, which this torch lacks"
+    return None
 
 
 def _int8_model(directory: str, meta: dict, model: torch.nn.Module) -> torch.nn.Module:
-    if not meta.get("int8") or not os.path.isfile(os.path.join(directory, INT8_FILE)):
-        raise BundleError(f"bundle {directory} has no int8 calibration (run fer-ray quantize)")
-    if not quantize.available():
-        raise BundleError(f"int8 needs the {quantize.ENGINE} quantised engine, which this torch lacks")
     try:
         observers = load_file(os.path.join(directory, INT8_FILE))
         size = int(meta["preprocess"].get("input_size", INPUT_SIZE))

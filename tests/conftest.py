@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import socket
@@ -112,6 +113,7 @@ FACE_BOX = (145, 99, 239, 239)  # where the detector finds the face in the portr
 FACE_VARIANTS = ("plain", "mirror", "dark", "contrast")
 
 
+@functools.lru_cache(maxsize=None)  # tests build dozens of images from it; decode the portrait once each
 def real_face(variant: str = "plain", size: int = 96) -> Image.Image:
     """A tight grayscale face crop (FER-style), or a variant of it, as a size x size image."""
     import matplotlib
