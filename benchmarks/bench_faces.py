@@ -1,25 +1,27 @@
 #!/usr/bin/env python3
-"""Face detector speed: images/s of faces.find(img, "detect") on decoded images.
+"""Faces: detection speed on photos against a naive OpenCV loop, and the framing evidence.
 
-    .venv/bin/python benchmarks/bench_faces.py [--seconds 3] [--threads 1,0] [--recall N [--csv PATH]]
+    .venv/bin/python benchmarks/bench_faces.py [--repeats 5]
+    .venv/bin/python benchmarks/bench_faces.py --framing data/fer2013-clean [--n 1000]
 
-Inputs (all made here or shipped in installed packages): a 640x480 canvas with four copies of
-the face in matplotlib's Grace Hopper portrait pasted on it, a 640x480 crop of matplotlib's Grace Hopper portrait (one real face), 640x480 noise
-(a worst case: texture everywhere), and a 1920x1080 canvas (scanned downscaled to faces.MAX_SIDE).
---threads: OpenCV worker threads to try (0 = OpenCV's default, all cores). In a Ray actor with
-fractional CPUs set 1 and let Ray run actors side by side.
---recall N: also the detector's recall on the first N FER-2013 PublicTest crops (upscaled to 140 px)
-pasted (a) onto a plain grey canvas and (b) into a blurred copy of their own border (a softer,
-more photo-like surround), a face counting as found at IoU > 0.5; plus the median ratio of the
-detected box side to the crop side (the evidence for faces.MARGIN = 0). Prints, never asserts. "Per CPU-second"
-is the load-independent figure (on a busy machine wall-clock rates fall, CPU cost does not).
+Speed (always): 640x480 photos made here from matplotlib's public-domain portrait of Grace Hopper
+(four faces pasted on a plain canvas; the portrait itself; noise, a worst case), each labelled by
+  ours    framing.faces(img, "detect") + the shipped model on the re-framed faces (one thread)
+  naive   cv2.CascadeClassifier(...).detectMultiScale(gray, 1.1, 5) + crop + resize to 48 + the
+          same model, the loop a user would write with OpenCV (one thread)
+in the same run; medians over --repeats passes, and the ratio ours / naive.
+
+--framing DIR (prepared FER-2013): where the detector puts the face box inside FER-2013 Training
+crops (centre and side relative to the crop: the measurement behind framing.CENTRE_X/Y and
+framing.SIDE), and the detector's hit rate on PrivateTest and on its shifted copies
+(fer_ray.shifts). Prints, never asserts; without the data it says so and skips that part.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
+import statistics
 import sys
 import time
 
@@ -27,112 +29,111 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fer_ray import faces  # noqa: E402
+from fer_ray import faces, framing  # noqa: E402
 
-def hopper() -> Image.Image | None:
-    spec = importlib.util.find_spec("matplotlib")
-    if spec and spec.submodule_search_locations:
-        p = os.path.join(list(spec.submodule_search_locations)[0], "mpl-data", "sample_data", "grace_hopper.jpg")
-        if os.path.exists(p):
-            return Image.open(p).convert("RGB")  # 512x600, the face at (145, 99, 239, 239)
-    return None
+FACE_BOX = (145, 99, 239, 239)  # where the detector finds the face in the portrait
 
 
-def canvas(size, side, portrait):
-    img = Image.new("L", size, 170)
-    face = portrait.convert("L").crop((133, 87, 396, 350))
-    step = size[0] // 4
-    for i in range(4):
-        img.paste(face.resize((side, side), Image.BICUBIC), (i * step + 10, (size[1] - side) // 2 + (i % 2) * side // 3))
-    return img.convert("RGB")
+def portrait() -> Image.Image:
+    import matplotlib.cbook
+
+    return Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
 
 
-def inputs():
-    out = {}
-    hop = hopper()
-    if hop is not None:
-        out["canvas 640x480, 4 faces"] = canvas((640, 480), 120, hop)
-        out["photo 640x480, 1 face"] = hop.resize((640, 750)).crop((0, 80, 640, 560))
+def photos() -> dict[str, Image.Image]:
+    p = portrait()
+    x, y, w, h = FACE_BOX
+    face = p.crop((x - 20, y - 20, x + w + 20, y + h + 20))
+    group = Image.new("RGB", (640, 480), (170, 160, 150))
+    for (fx, fy, side) in ((20, 40, 150), (200, 250, 120), (330, 30, 170), (500, 260, 130)):
+        group.paste(face.resize((side, side)), (fx, fy))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    return {"four faces": group, "portrait": p.resize((640, 480)), "noise": noise}
+
+
+def naive_loop(imgs, model, cascade):
+    import cv2
+    import torch
+
+    for img in imgs:
+        gray = cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2GRAY)
+        crops = [cv2.resize(gray[y:y + h, x:x + w], (48, 48)) for x, y, w, h in cascade.detectMultiScale(gray, 1.1, 5)]
+        if crops:
+            x = (torch.from_numpy(np.stack(crops)).float()[:, None] / 255 - 0.5074) / 0.255
+            with torch.inference_mode():
+                torch.softmax(model(x), 1)
+
+
+def ours(imgs, b):
+    import torch
+
+    for img in imgs:
+        found = framing.faces(img, "detect")
+        if found:
+            with torch.inference_mode():
+                torch.softmax(b.model(b.inputs(np.stack([f.pixels for f in found]))), 1)
+
+
+def speed(repeats: int) -> None:
+    import cv2
+    import torch
+
+    from fer_ray import bundle
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    b = bundle.load()
+    cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; model {b.model_id} ({b.precision})")
+    for name, img in photos().items():
+        imgs = [img] * 5
+        t = {"ours": [], "naive": []}
+        for _ in range(repeats):
+            for key, fn in (("ours", lambda: ours(imgs, b)), ("naive", lambda: naive_loop(imgs, b.model, cascade))):
+                start = time.perf_counter()
+                fn()
+                t[key].append(len(imgs) / (time.perf_counter() - start))
+        o, n = statistics.median(t["ours"]), statistics.median(t["naive"])
+        print(f"  {name:<11} ours {o:6.1f} img/s  naive {n:6.1f} img/s  ours/naive {o / n:.2f}  "
+              f"(faces found: ours {len(framing.faces(img, 'detect'))})")
+
+
+def measure_framing(prepared: str, n: int) -> None:
+    from fer_ray import data, shifts
+
+    try:
+        train = data.load_split(prepared, "Training")
+        test = data.load_split(prepared, "PrivateTest")
+    except Exception as exc:  # noqa: BLE001
+        print(f"--framing: cannot read prepared data in {prepared} ({type(exc).__name__}); skipped")
+        return
     rng = np.random.default_rng(0)
-    out["noise 640x480, no face"] = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    if hop is not None:
-        out["canvas 1920x1080, 4 faces"] = canvas((1920, 1080), 300, hop)
-    return out
+    idx = rng.choice(len(train.labels), min(n, len(train.labels)), replace=False)
+    boxes = [faces.detect(Image.fromarray(np.asarray(train.pixels[i]))) for i in idx]
+    one = np.array([b[0] for b in boxes if len(b) == 1], np.float64) / 48.0
+    side = one[:, 2]
+    cx, cy = one[:, 0] + side / 2, one[:, 1] + one[:, 3] / 2
+    print(f"FER-2013 Training, {len(idx)} random crops: one face found in {len(one) / len(idx):.1%}")
+    for label, v in (("centre x", cx), ("centre y", cy), ("side", side)):
+        q = np.percentile(v, [5, 25, 50, 75, 95])
+        print(f"  {label:<8} median {q[2]:.3f}  quartiles {q[1]:.3f}-{q[3]:.3f}  5-95% {q[0]:.3f}-{q[4]:.3f}")
+    keep = rng.choice(len(test.labels), min(n, len(test.labels)), replace=False)
+    px = np.asarray(test.pixels)[keep]
+    print(f"detector hit rate (a face found) on {len(keep)} PrivateTest crops, per shift:")
+    for name in shifts.SHIFTS:
+        _, sources = framing.frame_crops(shifts.apply(px, name))
+        print(f"  {name:<16} {(sources['as-framed'] + sources['detected']) / len(keep):.1%}")
 
 
-def rate(img, seconds):
-    """-> (images per wall second, images per CPU second of this process)."""
-    faces.find(img, "detect")  # load the cascade, warm caches
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < seconds:
-        faces.find(img, "detect")
-        n += 1
-    return n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
-
-
-def recall(csv_path, n, side=140, pad=100):
-    import csv
-    import gzip
-
-    import cv2
-
-    opener = gzip.open if csv_path.endswith(".gz") else open
-    crops = []
-    with opener(csv_path, "rt", newline="") as f:
-        for rec in csv.DictReader(f):
-            if rec["Usage"] == "PublicTest":
-                crops.append(np.array(rec["pixels"].split(), np.uint8).reshape(48, 48))
-                if len(crops) >= n:
-                    break
-    known = (pad, pad, side, side)
-    for setting in ("plain canvas", "blurred surround"):
-        hits, ratios = 0, []
-        for a in crops:
-            face = np.asarray(Image.fromarray(a).resize((side, side), Image.BICUBIC))
-            if setting == "plain canvas":
-                c = np.full((side + 2 * pad, side + 2 * pad), 170, np.uint8)
-            else:
-                c = cv2.GaussianBlur(cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE), (0, 0), 20)
-            c[pad:pad + side, pad:pad + side] = face
-            best = max(faces.find(Image.fromarray(c), "detect"), key=lambda b: _iou(b, known), default=None)
-            if best is not None and _iou(best, known) > 0.5:
-                hits += 1
-                ratios.append(best[2] / side)
-        print(f"recall, {len(crops)} PublicTest crops, {setting:16s}: {hits / len(crops):.3f}"
-              f"  (box side / crop side: median {np.median(ratios):.2f},"
-              f" quartiles {np.percentile(ratios, 25):.2f}-{np.percentile(ratios, 75):.2f})")
-
-
-def _iou(a, b):
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--threads", default="1,0")
-    ap.add_argument("--recall", type=int, default=0, metavar="N")
-    ap.add_argument("--csv", default=os.environ.get(
-        "FER2013_CSV", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fer2013.csv.gz")))
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--framing", metavar="PREPARED_DIR", help="prepared FER-2013 (fer-ray prepare --output)")
+    ap.add_argument("--n", type=int, default=1000, help="crops per split for --framing")
     args = ap.parse_args()
-    import cv2
-
-    print(f"OpenCV {cv2.__version__}, cascade {faces.CASCADE_FILE}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    imgs = inputs()
-    for name, img in imgs.items():
-        print(f"  {name}: {len(faces.find(img, 'detect'))} face(s) found")
-    for threads in (int(t) for t in args.threads.split(",")):
-        cv2.setNumThreads(threads if threads > 0 else -1)
-        label = f"{threads} thread" if threads > 0 else f"default threads ({cv2.getNumThreads()})"
-        for name, img in imgs.items():
-            wall, cpu = rate(img, args.seconds)
-            print(f"{label:>22} | {name:28s} | {wall:7.1f} images/s wall | {cpu:7.1f} images per CPU-second")
-    if args.recall:
-        cv2.setNumThreads(-1)
-        recall(args.csv, args.recall)
+    speed(args.repeats)
+    if args.framing:
+        measure_framing(args.framing, args.n)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 at batch 256 on a 2-core machine). Prints the median of several timed passes per bundle: eager fp32, BN-folded channels-last fp32,
 and int8 (when the bundle is calibrated), each as img/s and as a ratio to eager.
 
-    .venv/bin/python benchmarks/bench_model.py [--bundle PATH ...] [--threads 2] [--batch 256]
+    .venv/bin/python benchmarks/bench_model.py [--bundle PATH ...] [--threads 2] [--batch 256] [--json OUT.json]
+
+--json also writes the figures (with the machine's load average and core count) for a model card
+to cite.
 """
 
 import argparse
+import json
+import os
 import statistics
 import time
 
@@ -32,11 +37,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--json", metavar="OUT.json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     paths = args.bundle or [p for p in (bundle.shipped_dir(n) for n in bundle.SHIPPED) if _exists(p)]
     pixels = np.random.default_rng(0).integers(0, 256, (args.batch, 48, 48), dtype=np.uint8)
-    print(f"threads={args.threads} batch={args.batch} repeats={args.repeats} (median img/s)")
+    load = os.getloadavg()[0]
+    print(f"threads={args.threads} batch={args.batch} repeats={args.repeats} (median img/s); "
+          f"load average {load:.2f} on {os.cpu_count()} cores")
+    out = {"threads": args.threads, "batch": args.batch, "repeats": args.repeats, "cores": os.cpu_count(),
+           "load_before": round(load, 2), "models": {}}
     for path in paths:
         plain = bundle.load(path, optimize=False)
         fast = bundle.load(path, precision="fp32")
@@ -47,15 +57,20 @@ def main():
             f"{plain.model_id:28s} params={models.count_params(plain.model):>9,d} "
             f"eager={r_plain:8.0f} fp32-optimized={r_fast:8.0f} ({r_fast / r_plain:.2f}x)"
         )
+        rates = {"eager": round(r_plain), "fp32": round(r_fast)}
         if plain.meta.get("int8") and quantize.available():
             r_int8 = forward_rate(bundle.load(path, precision="int8").model, x, args.repeats)
             line += f" int8={r_int8:8.0f} ({r_int8 / r_plain:.2f}x)"
+            rates["int8"] = round(r_int8)
+        out["models"][plain.model_id] = rates
         print(line, flush=True)
+    out["load_after"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
 
 
 def _exists(path):
-    import os
-
     return os.path.isfile(os.path.join(path, bundle.META_FILE))
 
 

@@ -23,8 +23,17 @@ DEFAULTS = {
     "zoom": 0.1,  # max scale change: scale uniform in [1 - zoom, 1 + zoom]
     "erase": 0.25,  # probability of erasing one random box
     "erase_area": [0.02, 0.15],  # box area range, fraction of the image
+    # Off by default (the recipe in configs/robust-cpu.yaml turns them on): what photos and crops
+    # from other sources differ in, besides framing.
+    "aspect": 0.0,  # max aspect change: x and y scaled by r and 1/r, r log-uniform in [1/(1+a), 1+a]
+    "brightness": 0.0,  # max shift of the 0..1 pixel scale, uniform in [-b, b]
+    "contrast": 0.0,  # contrast factor uniform in [1 - c, 1 + c], around each image's mean
+    "gamma": 0.0,  # gamma log-uniform in [1/(1+g), 1+g]
+    "blur": 0.0,  # probability of a Gaussian blur, sigma uniform in [0.3, 1.5] px
+    "lowres": 0.0,  # probability of going down to 16..32 px and back (low-resolution sources)
+    "noise": 0.0,  # max std of additive Gaussian noise on the 0..1 scale (per sample, uniform in [0, n])
 }
-NONE = {"flip": 0.0, "rotate": 0.0, "shift": 0.0, "zoom": 0.0, "erase": 0.0, "erase_area": [0.02, 0.15]}
+NONE = {k: (v if k == "erase_area" else 0.0) for k, v in DEFAULTS.items()}
 
 
 def resolve(options: dict | None) -> dict:
@@ -37,11 +46,15 @@ def resolve(options: dict | None) -> dict:
     for key in ("flip", "erase"):
         if not 0.0 <= float(out[key]) <= 1.0:
             raise ValueError(f"augment {key} is a probability in [0, 1], got {out[key]}")
-    for key in ("rotate", "shift", "zoom"):
+    for key in ("blur", "lowres"):
+        if not 0.0 <= float(out[key]) <= 1.0:
+            raise ValueError(f"augment {key} is a probability in [0, 1], got {out[key]}")
+    for key in ("rotate", "shift", "zoom", "aspect", "brightness", "contrast", "gamma", "noise"):
         if float(out[key]) < 0:
             raise ValueError(f"augment {key} must be >= 0, got {out[key]}")
-    if float(out["zoom"]) >= 1:
-        raise ValueError(f"augment zoom must be < 1, got {out['zoom']}")
+    for key in ("zoom", "contrast"):
+        if float(out[key]) >= 1:
+            raise ValueError(f"augment {key} must be < 1, got {out[key]}")
     area = out["erase_area"]
     if not (isinstance(area, (list, tuple)) and len(area) == 2 and 0 < float(area[0]) <= float(area[1]) < 1):
         raise ValueError(f"augment erase_area must be [min, max] with 0 < min <= max < 1, got {area}")
@@ -63,21 +76,25 @@ def hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
-def affine(x: torch.Tensor, rotate: float = 0.0, shift: float = 0.0, zoom: float = 0.0) -> torch.Tensor:
-    """One random rotation (degrees) + translation (fraction of side) + zoom per sample, one warp.
+def affine(x: torch.Tensor, rotate: float = 0.0, shift: float = 0.0, zoom: float = 0.0,
+           aspect: float = 0.0) -> torch.Tensor:
+    """One random rotation (degrees) + translation (fraction of side) + zoom (+ aspect change) per
+    sample, one warp.
 
     Pixels pulled from outside the image repeat the border (a face crop continues at its edge
     better than a black or mean-grey frame)."""
-    if rotate <= 0 and shift <= 0 and zoom <= 0:
+    if rotate <= 0 and shift <= 0 and zoom <= 0 and aspect <= 0:
         return x
     n = x.shape[0]
     angle = _uniform(n, -rotate, rotate, x) * (math.pi / 180.0)
     scale = _uniform(n, 1.0 - zoom, 1.0 + zoom, x)
+    ratio = torch.exp(_uniform(n, -math.log1p(aspect), math.log1p(aspect), x))
+    sx, sy = scale * ratio, scale / ratio
     # affine_grid maps output coords to input coords in [-1, 1]: a side is 2 units long.
     tx = _uniform(n, -2 * shift, 2 * shift, x)
     ty = _uniform(n, -2 * shift, 2 * shift, x)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos / sx, -sin / sy, tx], 1), torch.stack([sin / sx, cos / sy, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -107,10 +124,65 @@ def random_erase(x: torch.Tensor, p: float = 0.25, area=(0.02, 0.15), value: flo
     return x.masked_fill(box[:, None], value)
 
 
+def _chosen(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    return (torch.rand(n, device=like.device) < p)[:, None, None, None]
+
+
+def lowres(x: torch.Tensor, p: float = 0.0, sides=(16, 32)) -> torch.Tensor:
+    """With probability p per sample, down to one random side (per batch) in `sides` and back."""
+    if p <= 0:
+        return x
+    side = int(torch.randint(sides[0], sides[1] + 1, ()))
+    small = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    back = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.where(_chosen(x.shape[0], p, x), back, x)
+
+
+def blur(x: torch.Tensor, p: float = 0.0, sigma=(0.3, 1.5), radius: int = 3) -> torch.Tensor:
+    """With probability p per sample, a Gaussian blur of a random sigma: one grouped convolution
+    with a per-sample kernel."""
+    if p <= 0:
+        return x
+    n, c, h, w = x.shape
+    s = _uniform(n, sigma[0], sigma[1], x)[:, None]
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)[None, :]
+    k1 = torch.exp(-0.5 * (taps / s) ** 2)
+    k1 = k1 / k1.sum(1, keepdim=True)
+    k2 = (k1[:, :, None] * k1[:, None, :]).to(x.dtype)[:, None]  # (n, 1, k, k)
+    padded = F.pad(x.reshape(1, n * c, h, w), [radius] * 4, mode="replicate")
+    out = F.conv2d(padded, k2.repeat_interleave(c, 0), groups=n * c).reshape(n, c, h, w)
+    return torch.where(_chosen(n, p, x), out, x)
+
+
+def photometric(x: torch.Tensor, brightness: float = 0.0, contrast: float = 0.0, gamma: float = 0.0,
+                noise: float = 0.0) -> torch.Tensor:
+    """Contrast (around each image's mean), brightness, gamma and noise, on the 0..1 pixel scale."""
+    if brightness <= 0 and contrast <= 0 and gamma <= 0 and noise <= 0:
+        return x
+    from .preprocess import MEAN, STD
+
+    n = x.shape[0]
+    px = x * STD + MEAN
+    mean = px.mean((1, 2, 3), keepdim=True)
+    c = _uniform(n, 1.0 - contrast, 1.0 + contrast, x)[:, None, None, None]
+    b = _uniform(n, -brightness, brightness, x)[:, None, None, None]
+    px = ((px - mean) * c + mean + b).clamp(0.0, 1.0)
+    if gamma > 0:
+        g = torch.exp(_uniform(n, -math.log1p(gamma), math.log1p(gamma), x))[:, None, None, None]
+        px = px.clamp(min=1e-4) ** g
+    if noise > 0:
+        px = (px + torch.randn_like(px) * _uniform(n, 0.0, noise, x)[:, None, None, None]).clamp(0.0, 1.0)
+    return (px - MEAN) / STD
+
+
 def augment(x: torch.Tensor, options: dict) -> torch.Tensor:
-    """Apply flip, affine (rotate/shift/zoom) and erasing with the strengths in a resolve()d dict."""
+    """Apply flip, affine (rotate/shift/zoom/aspect), low resolution, blur, photometric changes and
+    erasing with the strengths in a resolve()d dict."""
     x = hflip(x, options["flip"])
-    x = affine(x, options["rotate"], options["shift"], options["zoom"])
+    x = affine(x, options["rotate"], options["shift"], options["zoom"], options["aspect"])
+    x = lowres(x, options["lowres"])
+    x = blur(x, options["blur"])
+    x = photometric(x, options["brightness"], options["contrast"], options["gamma"], options["noise"])
     return random_erase(x, options["erase"], options["erase_area"])
 
 

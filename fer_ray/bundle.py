@@ -5,6 +5,10 @@
     weights.safetensors the state_dict (tensors only: loading cannot run code)
     int8.safetensors    optional: calibrated activation observers for int8 CPU inference (quantize.py)
     *.png               evaluation plots, when evaluated
+
+An ensemble bundle holds K member bundles in sub-directories m0, m1, ... (architectures may
+differ) and no weights of its own; its bundle.json lists them under `members`. It loads as one
+model whose softmax is the mean of the members' probabilities, int8 per member.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -130,12 +135,20 @@ def _local_copy(uri: str) -> str:
         return os.path.abspath(uri)
     fs, path = storage.filesystem(uri)
     tmp = tempfile.mkdtemp(prefix="fer-ray-bundle-")
-    for name in (META_FILE, WEIGHTS_FILE, INT8_FILE):
-        try:
-            fs.get(f"{path}/{name}", os.path.join(tmp, name))
-        except FileNotFoundError:
-            if name != INT8_FILE:
-                raise BundleError(f"not a model bundle: {uri} has no {name}") from None
+    try:
+        fs.get(f"{path}/{META_FILE}", os.path.join(tmp, META_FILE))
+    except FileNotFoundError:
+        raise BundleError(f"not a model bundle: {uri} has no {META_FILE}") from None
+    members = read_meta(tmp).get("members") or []
+    for sub in [""] + [f"{m}/" for m in members]:
+        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+        for name in (META_FILE, WEIGHTS_FILE, INT8_FILE):
+            if sub or name != META_FILE:
+                try:
+                    fs.get(f"{path}/{sub}{name}", os.path.join(tmp, sub, name))
+                except FileNotFoundError:
+                    if name != INT8_FILE and (sub or not members):
+                        raise BundleError(f"not a model bundle: {uri} has no {sub}{name}") from None
     return tmp
 
 
@@ -148,8 +161,10 @@ def load(uri: str | None = None, gpu: bool = False, optimize: bool = True, preci
         raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if gpu and precision == "int8":
         raise BundleError("int8 runs on CPU only: use --precision auto or fp32 with --gpu")
-    directory = _local_copy(uri) if uri else default_path(gpu)
+    directory = _local_copy(resolve(uri)) if uri else default_path(gpu)
     meta = read_meta(directory)
+    if meta.get("members"):
+        return _load_ensemble(directory, meta, gpu, optimize, precision)
     weights = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise BundleError(f"bundle {directory} has no {WEIGHTS_FILE}")
@@ -174,6 +189,95 @@ def load(uri: str | None = None, gpu: bool = False, optimize: bool = True, preci
     if optimize:
         model = models.optimize_for_inference(model)
     return Bundle(model=model, meta=meta, path=directory)
+
+
+class Ensemble(torch.nn.Module):
+    """K models as one: log of the mean of their softmax, so that softmax(output) is the mean
+    probability (what every caller computes) and argmax is the ensemble's vote."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x):
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def _load_ensemble(directory: str, meta: dict, gpu: bool, optimize: bool, precision: str) -> Bundle:
+    members = [load(os.path.join(directory, m), gpu, optimize, precision) for m in meta["members"]]
+    kinds = {b.precision for b in members}
+    return Bundle(model=Ensemble([b.model for b in members]).eval(), meta=meta, path=directory,
+                  precision=kinds.pop() if len(kinds) == 1 else "mixed", extra={"members": members})
+
+
+def members_of(directory: str) -> list[str]:
+    """The bundle directories to calibrate or inspect: the members of an ensemble, else itself."""
+    meta = read_meta(directory)
+    return [os.path.join(directory, m) for m in meta.get("members") or []] or [directory]
+
+
+def save_ensemble(directory: str, member_dirs: list[str], metrics: dict | None = None) -> dict:
+    """Write an ensemble bundle: each member bundle copied to <directory>/m<k>, a bundle.json that
+    records the members (model id, arch, args, metrics) and a model_id hashed from theirs."""
+    if len(member_dirs) < 2:
+        raise BundleError("an ensemble needs at least 2 member bundles")
+    metas = [read_meta(resolve(m)) for m in member_dirs]
+    if any(m.get("members") for m in metas):
+        raise BundleError("a member of an ensemble must be a single model, not an ensemble")
+    if len({json.dumps(m["preprocess"], sort_keys=True) for m in metas}) > 1 or len({tuple(m["classes"]) for m in metas}) > 1:
+        raise BundleError("ensemble members must share preprocessing and classes")
+    os.makedirs(directory, exist_ok=True)
+    names = []
+    for k, src in enumerate(member_dirs):
+        name = f"m{k}"
+        target = os.path.join(directory, name)
+        os.makedirs(target, exist_ok=True)
+        for f in (META_FILE, WEIGHTS_FILE, INT8_FILE):
+            if os.path.isfile(os.path.join(resolve(src), f)):
+                shutil.copy2(os.path.join(resolve(src), f), os.path.join(target, f))
+        names.append(name)
+    import hashlib
+
+    digest = hashlib.sha256(" ".join(m["model_id"] for m in metas).encode()).hexdigest()[:12]
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": "ensemble",
+        "arch_args": {},
+        "members": names,
+        "member_info": [{"dir": n, "model_id": m["model_id"], "arch": m["arch"], "arch_args": m.get("arch_args", {}),
+                         "metrics": m.get("metrics", {})} for n, m in zip(names, metas)],
+        "preprocess": metas[0]["preprocess"],
+        "classes": metas[0]["classes"],
+        "data_checksum": metas[0].get("data_checksum"),
+        "metrics": metrics or {},
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_id": f"ensemble{len(names)}-{digest}",
+    }
+    if all(m.get("int8") for m in metas):
+        meta["int8"] = {"engine": quantize.ENGINE, "per_member": True}
+    write_meta(directory, meta)
+    return meta
+
+
+def calibrate(directory: str, pixels, samples: int = 2048, seed: int = 0, source: str = "") -> dict:
+    """Calibrate a local bundle (each member of an ensemble) for int8 on `samples` random rows of
+    uint8 (N,48,48) `pixels` (training images, never the test splits). Returns its metadata."""
+    for d in members_of(directory):
+        b = load(d, precision="fp32", optimize=False)
+        n = min(int(samples), len(pixels))
+        if n == 0:
+            raise ValueError("no images to calibrate on")
+        idx = np.sort(np.random.default_rng(seed).choice(len(pixels), n, replace=False))
+        size = int(b.meta["preprocess"].get("input_size", INPUT_SIZE))
+        batches = (b.inputs(pixels[idx[i:i + 256]]) for i in range(0, n, 256))
+        add_int8(d, quantize.calibrate(b.model, batches, size), {"images": n, "seed": seed, "source": source})
+    meta = read_meta(directory)
+    if meta.get("members"):
+        meta["int8"] = {"engine": quantize.ENGINE, "per_member": True}
+        write_meta(directory, meta)
+    return meta
 
 
 def _int8_missing(directory: str, meta: dict) -> str | None:
@@ -208,6 +312,24 @@ SHIPPED = ("fast", "accurate")  # bundle names under fer_ray/bundles/
 
 def shipped_dir(name: str) -> str:
     return str(resources.files("fer_ray") / "bundles" / name)
+
+
+def resolve(uri: str) -> str:
+    """A shipped bundle's name (fast, accurate) -> its directory; anything else unchanged."""
+    if uri in SHIPPED:
+        path = shipped_dir(uri)
+        if not os.path.isfile(os.path.join(path, META_FILE)):
+            raise BundleError(f"this fer-ray ships no {uri!r} model")
+        return path
+    return uri
+
+
+def is_shipped(uri: str) -> bool:
+    """Whether `uri` is one of the bundles inside the installed package (never written to)."""
+    if storage.is_s3(uri):
+        return False
+    root = os.path.realpath(str(resources.files("fer_ray") / "bundles"))
+    return os.path.realpath(uri).startswith(root + os.sep)
 
 
 def default_path(gpu: bool = False) -> str:

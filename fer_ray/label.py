@@ -2,8 +2,8 @@
 
     listing (driver, once) -> Dataset of URI rows in blocks of `batch_size`
       -> one fused map_batches stage in an actor pool:
-         fetch the batch's bytes concurrently -> decode (per-row errors) -> faces.find
-         -> to_gray48 -> one forward pass -> softmax -> rows in LABEL_SCHEMA
+         fetch the batch's bytes concurrently -> decode (per-row errors) -> framing.faces
+         -> one forward pass -> softmax -> rows in LABEL_SCHEMA
       -> the driver streams the result blocks into Parquet files in DEST/_staging/<run_id>/
       -> commit: files moved to DEST/run_id=<run_id>/, marker DEST/_runs/<run_id>.json last.
 
@@ -22,7 +22,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, faces as faces_mod, runs, storage
+from . import __version__, faces as faces_mod, framing, runs, storage
 from .errors import FerRayError
 from .labeler import INPUT_SCHEMA, Labeler
 from .schema import LABEL_SCHEMA
@@ -133,16 +133,17 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
     return n, max(0.01, round(min(float(threads), share) * TUNING["cpu_fraction"], 2)), threads, 0.0
 
 
-def run(source, dest, model=None, faces="crop", incremental=False, batch_size=256, workers=None,
-        gpu=False, run_id=None, progress=True, echo=None, precision="auto") -> dict:
+def run(source, dest, model=None, faces="auto", incremental=False, batch_size=256, workers=None,
+        gpu=False, run_id=None, progress=True, echo=None, precision="auto", tta=False,
+        lease_seconds: float = 300.0) -> dict:
     """Label every image under SOURCE into DEST; returns the commit marker (the run's summary)."""
     from . import bundle
 
     t0 = time.monotonic()
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     source, dest = str(source), str(dest)
-    if faces not in faces_mod.MODES:
-        raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(faces_mod.MODES)})")
+    if faces not in framing.MODES:
+        raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(framing.MODES)})")
     if batch_size < 1 or (workers is not None and workers < 1):
         raise FerRayError("batch size and workers must be >= 1")
     if run_id is not None:
@@ -154,15 +155,35 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
         raise FerRayError(f"precision must be one of {', '.join(bundle.PRECISIONS)}, got {precision!r}")
     model_uri = model or bundle.default_path(gpu)
     checked = bundle.load(model_uri, gpu=gpu, precision=precision)  # validates before any work
-    meta, precision = checked.meta, checked.precision  # what CPU (or GPU) actors will run
+    meta = checked.meta  # what CPU (or GPU) actors will run (an ensemble of mixed precisions: auto)
+    precision = checked.precision if checked.precision in bundle.PRECISIONS else "auto"
     del checked  # the driver keeps no model
     model_id = meta["model_id"]
-    if faces == "detect":
-        _check_detector()
+    if faces != "crop":
+        _check_detector(faces)
 
+    d = runs.Dest(dest)
+    lease = runs.Lease(d, lease_seconds, run=run_id or "")
+    try:
+        lease.acquire()  # one run at a time per DEST: two would both label what is new
+    except runs.LeaseHeld as exc:
+        raise FerRayError(str(exc)) from None
+    except OSError as exc:
+        raise FerRayError(f"cannot write to {dest}: {exc.strerror or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - S3: missing bucket, missing or refused credentials, ...
+        why = runs.error_code(exc) or type(exc).__name__
+        raise FerRayError(f"cannot write to {dest}: {why}") from None
+    try:
+        return _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incremental, batch_size,
+                           workers, gpu, run_id, progress, say, precision, tta, t0)
+    finally:
+        lease.release()
+
+
+def _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incremental, batch_size, workers, gpu,
+                run_id, progress, say, precision, tta, t0) -> dict:
     listing = list_source(source)
     started = runs.utcnow()
-    d = runs.Dest(dest)
     todo_all = not_labeled(listing, dest) if incremental else listing
     want = {key(o) for o in todo_all}
     staged_keys: set = set()
@@ -204,7 +225,7 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
         ray = _ray_init()
         t_label = time.monotonic()
         ds, actors = build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision,
-                                   progress)
+                                   progress, tta)
         try:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
                 if table.num_rows == 0:
@@ -237,7 +258,7 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
     marker = {
         "run_id": run_id, "started_at": started, "source": source, "dest": dest,
         "model_id": model_id, "model": model or "shipped:" + os.path.basename(model_uri), "faces": faces,
-        "precision": precision,
+        "precision": precision, "tta": bool(tta),
         "incremental": incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(errors.items())),
@@ -245,6 +266,7 @@ def run(source, dest, model=None, faces="crop", incremental=False, batch_size=25
         **rates,
         "batch_size": batch_size, "fer_ray_version": __version__,
     }
+    lease.check()
     marker = runs.commit(d, run_id, dict(marker, finished_at=runs.utcnow(),
                                          total_seconds=round(time.monotonic() - t0, 3)))
     marker["output"] = d.uri_of(f"{runs.RUN_PREFIX}{run_id}")
@@ -266,13 +288,13 @@ _TEST_HOOK = None  # tests: called with the StagingWriter after each written blo
 _ACTOR_TEST_KWARGS: dict = {}  # tests: extra Labeler constructor arguments (die_once=...)
 
 
-def _check_detector():
+def _check_detector(mode: str):
     from PIL import Image
 
     try:
-        faces_mod.find(Image.new("RGB", (64, 64)), "detect")
+        faces_mod.detect(Image.new("RGB", (64, 64)))
     except (NotImplementedError, RuntimeError, ImportError) as exc:  # e.g. faces.DetectorUnavailable
-        raise FerRayError(f"--faces detect is not available: {exc}") from None
+        raise FerRayError(f"--faces {mode} is not available: {exc}") from None
 
 
 def _count(table: pa.Table, counts, errors) -> None:
@@ -297,7 +319,8 @@ def _count_files(paths, like, counts, errors) -> None:
     _count(t.to_table(columns=["face_index", "error"]), counts, errors)
 
 
-def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision, progress):
+def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision, progress,
+                  tta=False):
     """The Ray Dataset: URI rows in blocks of `batch_size` -> the fused labeling stage.
     Returns (dataset, number of actors)."""
     import warnings
@@ -331,7 +354,7 @@ def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, wor
         ds = ds.map_batches(
             Labeler,
             fn_constructor_kwargs=dict(model_uri=model_uri, model_id=model_id, run_id=run_id, faces=faces,
-                                       threads=threads, gpu=gpu, precision=precision,
+                                       threads=threads, gpu=gpu, precision=precision, tta=tta,
                                        forward_chunk=int(TUNING["forward_chunk"]),
                                        fetch_threads=int(TUNING["fetch_threads"]),
                                        freeze=len(todo) / n >= TUNING["freeze_min_images"], **_ACTOR_TEST_KWARGS),

@@ -1,5 +1,5 @@
 """The worker side of labeling: one Labeler per Ray actor turns a batch of URI rows into label
-rows (fetch the bytes concurrently -> decode with per-row errors -> faces -> to_gray48 -> one
+rows (fetch the bytes concurrently -> decode with per-row errors -> framing.faces -> one
 forward pass -> rows in LABEL_SCHEMA). Nothing raises out of a batch because of one object."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from . import faces as faces_mod, storage
+from . import framing, storage
 from .emotions import EMOTIONS
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
 
@@ -48,13 +48,7 @@ class Fetcher:
     @property
     def s3(self):
         if self._s3 is None:
-            import botocore.config
-            import botocore.session
-
-            config = botocore.config.Config(max_pool_connections=self.threads,
-                                            retries={"max_attempts": 5, "mode": "standard"})
-            self._s3 = botocore.session.get_session().create_client(
-                "s3", endpoint_url=storage.endpoint_url(), config=config)
+            self._s3 = storage.s3_client(self.threads)
         return self._s3
 
     @staticmethod
@@ -66,7 +60,7 @@ class Fetcher:
             return exc
 
     def _get_s3(self, uri: str):
-        bucket, _, key = uri.split("://", 1)[1].partition("/")
+        bucket, key = storage.split_s3(uri)
         try:
             return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as exc:  # noqa: BLE001 - becomes an error row
@@ -87,8 +81,8 @@ class Fetcher:
 class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
-    def __init__(self, model_uri, model_id, run_id, faces="crop", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, die_once=None, precision="auto"):
+    def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
+                 fetch_threads=16, freeze=False, die_once=None, precision="auto", tta=False):
         import threading
 
         import torch
@@ -109,7 +103,7 @@ class Labeler:
             self.model = frozen(self.bundle.model, self.bundle.meta["preprocess"].get("input_size", 48))
         if self.bundle.model_id != model_id:
             raise RuntimeError(f"model changed under the run: {self.bundle.model_id} != {model_id}")
-        self.model_id, self.run_id, self.faces = model_id, run_id, faces
+        self.model_id, self.run_id, self.faces, self.tta = model_id, run_id, faces, tta
         self.size = int(self.bundle.meta["preprocess"].get("input_size", 48))
         self.classes = self.bundle.classes
         self.chunk = forward_chunk if self.device.type == "cpu" else 1024
@@ -119,18 +113,11 @@ class Labeler:
         self.die_once = die_once  # tests: the first actor to claim this file dies mid-batch
 
     def _crops(self, data, mode):
-        """bytes -> (width, height, [(box, uint8 HxW)]) or raises DecodeError/ValueError."""
-        from .preprocess import decode, to_gray48
+        """bytes -> (width, height, [framing.Face]) or raises DecodeError/ValueError."""
+        from .preprocess import decode
 
         img = decode(data)
-        width, height = img.size
-        boxes = faces_mod.find(img, mode)
-        crops = []
-        for box in boxes:
-            x, y, w, h = (int(v) for v in box)
-            face = img if (x, y, w, h) == (0, 0, width, height) else img.crop((x, y, x + w, y + h))
-            crops.append(((x, y, w, h), to_gray48(face, self.size)))
-        return width, height, crops
+        return img.width, img.height, framing.faces(img, mode, self.size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.die_once and _claim(self.die_once):
@@ -138,7 +125,7 @@ class Labeler:
         uris = batch.column("uri").to_pylist()
         sizes = batch.column("size").to_pylist()
         etags = batch.column("etag").to_pylist()
-        rows = [(i, 0, None, None, None, None, f"file too large ({s} bytes)")
+        rows = [(i, 0, None, None, None, None, f"file too large ({s} bytes)", None)
                 for i, s in enumerate(sizes) if s > MAX_OBJECT_BYTES]
         probs = [np.full((len(rows), len(EMOTIONS)), np.nan, np.float32)]
         for group in _byte_groups([i for i, s in enumerate(sizes) if s <= MAX_OBJECT_BYTES], sizes):
@@ -152,36 +139,35 @@ class Labeler:
 
     def _label(self, items):
         """[(object index, bytes or exception)] -> (rows, probs): rows are (object index,
-        face_index, box, width, height, pixels, error); probs (rows, 7) with NaN for error rows."""
+        face_index, box, width, height, pixels, error, face source); probs (rows, 7) with NaN for
+        error rows."""
         from .preprocess import DecodeError
 
         rows = []
         for i, data in items:
             if isinstance(data, BaseException):
-                rows.append((i, 0, None, None, None, None, _fetch_error(data)))
+                rows.append((i, 0, None, None, None, None, _fetch_error(data), None))
                 continue
             try:
                 width, height, crops = self._crops(data, self.faces)
             except DecodeError as exc:
-                rows.append((i, 0, None, None, None, None, str(exc) or "cannot decode image"))
+                rows.append((i, 0, None, None, None, None, str(exc) or "cannot decode image", None))
                 continue
             except Exception as exc:  # noqa: BLE001 - any per-object failure is a row, never a crash
-                rows.append((i, 0, None, None, None, None, f"cannot process image: {type(exc).__name__}"))
+                rows.append((i, 0, None, None, None, None, f"cannot process image: {type(exc).__name__}", None))
                 continue
             if not crops:
-                rows.append((i, 0, None, width, height, None, "no face detected"))
-            for j, (box, px) in enumerate(crops):
-                rows.append((i, j, box, width, height, px, None))
+                rows.append((i, 0, None, width, height, None, "no face detected", None))
+            for j, face in enumerate(crops):
+                rows.append((i, j, face.box, width, height, face.pixels, None, face.source))
         good = [k for k, r in enumerate(rows) if r[5] is not None]
         probs = np.full((len(rows), len(EMOTIONS)), np.nan, np.float32)
         if good:
-            px = np.stack([rows[k][5] for k in good])
-            out = []
+            from .evaluate import predict_probs
+
+            x = self.bundle.inputs(np.stack([rows[k][5] for k in good]))
             with self.torch.inference_mode():
-                for s in range(0, len(px), self.chunk):
-                    x = self.bundle.inputs(px[s : s + self.chunk]).to(self.device)
-                    out.append(self.torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
-            probs[good] = np.concatenate(out)[:, self.order]
+                probs[good] = predict_probs(self.model, x, batch_size=self.chunk, tta=self.tta)[:, self.order]
         return rows, probs
 
     def _table(self, rows, probs, uris, sizes, etags) -> pa.Table:
@@ -204,6 +190,7 @@ class Labeler:
             "box_y": pa.array([b[1] if b else None for b in box], pa.int32()),
             "box_w": pa.array([b[2] if b else None for b in box], pa.int32()),
             "box_h": pa.array([b[3] if b else None for b in box], pa.int32()),
+            "face_source": pa.array([r[7] for r in rows], pa.string()),
             "image_width": pa.array([r[3] for r in rows], pa.int32()),
             "image_height": pa.array([r[4] for r in rows], pa.int32()),
             "object_size": pa.array([sizes[r[0]] for r in rows], pa.int64()),

@@ -56,21 +56,3 @@ def convert(model: torch.nn.Module, observers: dict[str, torch.Tensor], size: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(prepared).eval()
-
-
-def calibrate_bundle(directory: str, pixels, samples: int = 2048, seed: int = 0, source: str = "") -> dict:
-    """Calibrate a local bundle on `samples` random rows of uint8 (N,48,48) `pixels` (training
-    images, never the test splits) and store the observers in it. Returns the bundle metadata."""
-    import numpy as np
-
-    from . import bundle as bundle_mod
-
-    b = bundle_mod.load(directory, precision="fp32", optimize=False)
-    n = min(int(samples), len(pixels))
-    if n == 0:
-        raise ValueError("no images to calibrate on")
-    idx = np.sort(np.random.default_rng(seed).choice(len(pixels), n, replace=False))
-    size = int(b.meta["preprocess"].get("input_size", 48))
-    batches = (b.inputs(pixels[idx[i:i + 256]]) for i in range(0, n, 256))
-    observers = calibrate(b.model, batches, size)
-    return bundle_mod.add_int8(directory, observers, {"images": n, "seed": seed, "source": source})

@@ -21,6 +21,9 @@ LABEL_SCHEMA = pa.schema(
         pa.field("box_y", pa.int32()),
         pa.field("box_w", pa.int32()),
         pa.field("box_h", pa.int32()),
+        # how the model's input was cut: as-framed | detected | whole-image (framing.SOURCES);
+        # null in error rows and in outputs written before the column existed
+        pa.field("face_source", pa.string()),
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
         pa.field("object_size", pa.int64()),

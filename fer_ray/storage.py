@@ -24,6 +24,22 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def s3_client(pool: int = 10):
+    """A plain botocore S3 client (thread-safe) for what fsspec does not offer: one GetObject per
+    object, conditional writes. Standard retries: 503 SlowDown, 500 and resets are retried."""
+    import botocore.config
+    import botocore.session
+
+    config = botocore.config.Config(max_pool_connections=pool, retries={"max_attempts": 5, "mode": "standard"})
+    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint_url(), config=config)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/key -> (bucket, key)."""
+    bucket, _, key = str(uri).split("://", 1)[1].partition("/")
+    return bucket, key
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path within it). s3 paths come back as 'bucket/key'."""
     uri = str(uri)

@@ -53,6 +53,7 @@ RUN_DEFAULTS = {
     "placement_strategy": "PACK",  # how Ray places workers on nodes (STRICT_SPREAD: one per node)
     "checkpoints_to_keep": 2,
     "teacher": None,  # bundle (local or s3://) to distil from, with distill > 0
+    "init": None,  # bundle (local or s3://) whose weights start the run (fine-tuning); same arch + args
     "half_weights": False,  # store the bundle's weights as fp16 (half the size; loaded back as fp32)
 }
 FIT_KEYS = tuple(f.name for f in fields(loop.FitConfig))
@@ -183,6 +184,8 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
             raise UsageError(f"--teacher: {exc}") from None
         if (meta["preprocess"]["mean"], meta["preprocess"]["std"]) != (preprocess.MEAN, preprocess.STD):
             raise UsageError("--teacher normalises its input differently from this fer-ray's models")
+    if cfg.get("init"):
+        _check_init(cfg)
     if cfg["name"] is None:
         cfg["name"] = f"{cfg['arch']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if not _NAME_RE.match(str(cfg["name"])):
@@ -192,6 +195,18 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
             f"run {cfg['name']} in {cfg['storage']} was trained with arch {saved.get('arch')} "
             f"{json.dumps(saved.get('arch_args') or {})}; resume it with those or pick another --name"
         )
+
+
+def _check_init(cfg: dict) -> None:
+    if not storage.is_s3(cfg["init"]):
+        cfg["init"] = os.path.abspath(cfg["init"])
+    try:
+        meta = bundle.load(cfg["init"], precision="fp32").meta
+    except FerRayError as exc:
+        raise UsageError(f"--init: {exc}") from None
+    if (meta["arch"], meta.get("arch_args") or {}) != (cfg["arch"], cfg["arch_args"]):
+        raise UsageError(f"--init {cfg['init']} is {meta['arch']} {json.dumps(meta.get('arch_args') or {})}, "
+                         f"the run is {cfg['arch']} {json.dumps(cfg['arch_args'])}")
 
 
 def _has_votes(data_dir: str) -> bool:
@@ -246,7 +261,10 @@ def make_batches(cfg: dict, rank: int, world: int, device) -> tuple[loop.ArrayBa
 
 def build_model(cfg: dict, device) -> torch.nn.Module:
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank (DDP also broadcasts them)
-    return loop.to_device(models.build(cfg["arch"], **cfg["arch_args"]), device)
+    model = models.build(cfg["arch"], **cfg["arch_args"])
+    if cfg.get("init"):  # a resumed run then loads its checkpoint over these
+        model.load_state_dict(bundle.load(cfg["init"], optimize=False, precision="fp32").model.state_dict())
+    return loop.to_device(model, device)
 
 
 def build_teacher(cfg: dict, device) -> torch.nn.Module | None:
@@ -479,7 +497,7 @@ def write_bundle(cfg: dict, state: dict, summary: dict) -> tuple[str, dict]:
         meta = bundle.save(local, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics,
                            half=bool(cfg.get("half_weights")))
         if quantize.available():  # int8 on CPU is then the default at no cost to the user
-            meta = quantize.calibrate_bundle(local, data.load_split(cfg["data"], "Training").pixels, source=cfg["data"])
+            meta = bundle.calibrate(local, data.load_split(cfg["data"], "Training").pixels, source=cfg["data"])
         if local != target:
             bundle.copy(local, target)
     return target, meta

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command: set up, then run the main jobs on the embedded defaults.
-#   1. make sample face crops from FER-2013 PublicTest (your copy; FER_DATA, default ../shared/data),
+#   1. make sample face crops from FER-2013 PublicTest (your copy; FER_DATA, default ./data),
 #      label them with the shipped model on a local Ray (local folder in, Parquet out), then
 #      summarise the output (without FER-2013: a public-domain portrait that matplotlib ships);
-#   2. if FER-2013 is found (FER_DATA, default ../shared/data), prepare it, train a short demo
+#   2. if FER-2013 is found (FER_DATA, default ./data), prepare it, train a short demo
 #      model with Ray Train (2 workers) and evaluate it on PrivateTest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ FR=.venv/bin/fer-ray
 OUT=${OUT:-out/demo}
 rm -rf "$OUT" && mkdir -p "$OUT"
 
-DATA=${FER_DATA:-../shared/data}
+DATA=${FER_DATA:-data}
 CSV="$DATA/fer2013.csv.gz"
 [ -f "$CSV" ] || CSV="$DATA/fer2013.csv"
 if [ -f "$CSV" ]; then

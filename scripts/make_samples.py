@@ -6,7 +6,7 @@
 FER-2013 is not ours to redistribute, so no crop of it is committed: the demo makes its samples
 from the user's own copy of the CSV, into out/ (git-ignored).
 
-The CSV path comes from the argument, else $FER2013_CSV, else ../shared/data/fer2013.csv.gz.
+The CSV path comes from the argument, else $FER2013_CSV, else data/fer2013.csv.gz.
 Output: DIR/publictest_<row>_<emotion>.png, 48x48 8-bit grayscale PNGs, where <row> is the
 0-based data row of fer2013.csv (the same numbering as the prepared data's `source_row`).
 
@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from fer_ray.emotions import EMOTIONS  # noqa: E402
 
-DEFAULT_CSV = os.path.join(ROOT, "..", "shared", "data", "fer2013.csv.gz")
+DEFAULT_CSV = os.path.join(ROOT, "data", "fer2013.csv.gz")
 # fer2013new.csv vote columns, in their file order, mapped to EMOTIONS indices (contempt/unknown/NF: none).
 FERPLUS_COLUMNS = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4, "surprise": 5, "neutral": 6}
 

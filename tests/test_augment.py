@@ -74,3 +74,35 @@ def test_resolve_validates():
         augment.resolve({"rotation": 5})
     with pytest.raises(ValueError, match="probability"):
         augment.resolve({"flip": 2})
+
+
+def test_robust_transforms_change_what_they_say(batch):
+    torch.manual_seed(0)
+    px = batch * preprocess.STD + preprocess.MEAN
+    blurred = augment.blur(batch, p=1.0)
+    # a blur lowers the energy of neighbouring-pixel differences
+    assert (blurred.diff(dim=-1) ** 2).mean() < 0.7 * (batch.diff(dim=-1) ** 2).mean()
+    low = augment.lowres(batch, p=1.0)
+    assert (low.diff(dim=-1) ** 2).mean() < (batch.diff(dim=-1) ** 2).mean()
+    darker = augment.photometric(batch, brightness=0.3) * preprocess.STD + preprocess.MEAN
+    assert not torch.allclose(darker.mean((1, 2, 3)), px.mean((1, 2, 3)), atol=0.01)
+    flat = augment.photometric(batch, contrast=0.9) * preprocess.STD + preprocess.MEAN
+    assert flat.min() >= 0 and flat.max() <= 1  # stays on the 0..1 pixel scale
+    for fn in (augment.blur, augment.lowres):
+        assert torch.equal(fn(batch, p=0.0), batch)
+    assert torch.equal(augment.photometric(batch), batch)
+
+
+def test_aspect_stretches_one_axis(batch):
+    torch.manual_seed(0)
+    out = augment.affine(batch, aspect=0.5)
+    assert out.shape == batch.shape and not torch.equal(out, batch)
+
+
+def test_robust_options_are_validated():
+    with pytest.raises(ValueError, match="blur is a probability"):
+        augment.resolve({"blur": 2})
+    with pytest.raises(ValueError, match="contrast must be < 1"):
+        augment.resolve({"contrast": 1.5})
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        augment.resolve({"gamma": -1})

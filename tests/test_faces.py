@@ -1,4 +1,4 @@
-"""faces.find: crop mode, and detect mode with the Haar cascade shipped in opencv-python-headless.
+"""faces.detect: the Haar cascade shipped in opencv-python-headless.
 
 Multi-face images are built from a real face crop (conftest.real_face: Grace Hopper's public-domain
 portrait that matplotlib ships, and variants of it: mirrored, darker, more contrast) pasted onto a
@@ -60,23 +60,12 @@ def test_the_test_face_is_found_alone_in_every_variant():
         for side in (48, 140):
             canvas = Image.new("L", (side + 80, side + 80), 150)
             canvas.paste(sample(name, side), (40, 40))
-            assert_found(faces.find(canvas, "detect"), [(40, 40, side, side)])
-
-
-def test_crop_mode_is_the_whole_image():
-    img = Image.new("RGB", (123, 45))
-    assert faces.find(img, "crop") == [(0, 0, 123, 45)]
-    assert faces.find(img) == [(0, 0, 123, 45)]  # crop is the default
-
-
-def test_unknown_mode_is_a_value_error():
-    with pytest.raises(ValueError, match="unknown faces mode 'haar'"):
-        faces.find(Image.new("L", (10, 10)), "haar")
+            assert_found(faces.detect(canvas), [(40, 40, side, side)])
 
 
 def test_detect_finds_each_pasted_face_left_to_right():
     img, known = canvas_with_faces(MULTI)
-    found = faces.find(img, "detect")
+    found = faces.detect(img)
     assert_found(found, known)
     assert found == sorted(found, key=lambda b: (b[0], b[1]))
     assert all(isinstance(v, int) for b in found for v in b)
@@ -92,7 +81,7 @@ def test_detect_works_on_any_image_mode(mode):
         assert img.mode == "I;16"
     else:
         img, known = canvas_with_faces(MULTI[:2], size=(420, 420), mode=mode)
-    assert_found(faces.find(img, "detect"), known)
+    assert_found(faces.detect(img), known)
 
 
 def test_detect_on_a_large_photo_maps_boxes_back():
@@ -100,7 +89,7 @@ def test_detect_on_a_large_photo_maps_boxes_back():
     img, known = canvas_with_faces([(RELIABLE[0], 300, 500, 480), (RELIABLE[2], 2000, 900, 560)],
                                    size=(3000, 2000))
     assert max(img.size) > faces.MAX_SIDE
-    assert_found(faces.find(img, "detect"), known)
+    assert_found(faces.detect(img), known)
 
 
 def test_no_face_in_generated_images():
@@ -118,12 +107,12 @@ def test_no_face_in_generated_images():
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         (d.ellipse if i % 2 else d.rectangle)((int(x), int(y), int(x) + r, int(y) + r), fill=color)
     for img in (gradient, noise, shapes, Image.new("L", (640, 480), 128)):
-        assert faces.find(img, "detect") == []
+        assert faces.detect(img) == []
 
 
 def test_tiny_images_have_no_face_and_do_not_fail():
     for size in ((1, 1), (10, 30), (31, 31)):
-        assert faces.find(Image.new("L", size, 100), "detect") == []
+        assert faces.detect(Image.new("L", size, 100)) == []
 
 
 def _package_image(module: str, *parts: str) -> str:
@@ -143,14 +132,14 @@ def test_real_photo_without_face():
     """scikit-learn ships two real photos with no face in them (a temple, a flower)."""
     for name in ("china.jpg", "flower.jpg"):
         img = preprocess.decode(open(_package_image("sklearn", "datasets", "images", name), "rb").read())
-        assert faces.find(img, "detect") == [], name
+        assert faces.detect(img) == [], name
 
 
 def test_real_photo_with_one_face_exif_rotated():
     """matplotlib ships a portrait (Grace Hopper). Stored rotated with EXIF orientation 6, the face
     is found only if the upright image is scanned (Haar cascades are not rotation invariant)."""
     upright = Image.open(_package_image("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"))
-    boxes = faces.find(upright, "detect")
+    boxes = faces.detect(upright)
     assert len(boxes) == 1
     x, y, w, h = boxes[0]
     assert 180 <= x + w / 2 <= 340 and 150 <= y + h / 2 <= 300 and 150 <= w <= 320  # the face, not the cap
@@ -161,33 +150,32 @@ def test_real_photo_with_one_face_exif_rotated():
     upright.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=92, exif=exif.tobytes())
     decoded = preprocess.decode(buf.getvalue())
     assert decoded.size == upright.size
-    rotated = faces.find(decoded, "detect")
+    rotated = faces.detect(decoded)
     assert len(rotated) == 1 and iou(rotated[0], boxes[0]) > 0.8
     # without EXIF handling the sideways image has no frontal face
-    assert faces.find(Image.open(io.BytesIO(buf.getvalue())), "detect") == []
+    assert faces.detect(Image.open(io.BytesIO(buf.getvalue()))) == []
 
 
-def test_margin_grows_boxes_and_clips_to_the_image():
+def test_margin_grows_boxes_past_the_image_edge():
     img, known = canvas_with_faces([(RELIABLE[0], 0, 0, 140), (RELIABLE[2], 240, 90, 150)], size=(400, 260))
     plain = faces.detect(img)
     wide = faces.detect(img, margin=0.25)
     assert len(plain) == len(wide) == 2
     (ax, ay, aw, ah), (bx, by, bw, bh) = plain[1], wide[1]
     assert bx < ax and by < ay and bw > aw and bh > ah  # grown on every side
-    for x, y, w, h in wide:
-        assert x >= 0 and y >= 0 and x + w <= img.width and y + h <= img.height
-    assert wide[0][:2] == (0, 0)  # the corner face is clipped, not shifted
+    cx, cy, cw, ch = wide[0]
+    assert cx < 0 and cy < 0 and cw > plain[0][2]  # the corner face's box reaches past the image (framing pads it)
 
 
 def test_detect_is_thread_safe():
     img, known = canvas_with_faces(MULTI[:2], size=(420, 420))
-    want = faces.find(img, "detect")
+    want = faces.detect(img)
     results, errors = [], []
 
     def work():
         try:
             for _ in range(2):
-                results.append(faces.find(img, "detect"))
+                results.append(faces.detect(img))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 

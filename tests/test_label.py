@@ -118,6 +118,27 @@ def _check_expectations(rows_by_name, cat):
             assert r["error"] and r["error"].startswith(expect), (name, r["error"])
 
 
+def test_tta_labels_with_the_mean_over_ten_views(tmp_path):
+    """--tta: each face's probabilities are the mean over evaluate.tta_views, not the single view."""
+    import torch
+
+    from fer_ray import bundle, evaluate
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"f{i}.png"
+        p.write_bytes(image_bytes(face_like(i)))
+        paths.append(str(p))
+    b = bundle.load()
+    plain = labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", faces="crop")(_batch(paths))
+    tta = labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", faces="crop", tta=True)(_batch(paths))
+    px = np.stack([face_like(i) for i in range(3)])
+    want = evaluate.predict_probs(b.model, b.inputs(px), tta=True)
+    got = np.stack([tta.column(c).to_numpy() for c in PROB_COLUMNS], 1)
+    single = np.stack([plain.column(c).to_numpy() for c in PROB_COLUMNS], 1)
+    assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, single, atol=1e-4)
+
+
 def test_every_bad_input_gets_a_row_in_process(labeler, tmp_path):
     cat = _catalogue()
     paths = {}
@@ -163,12 +184,8 @@ def test_detect_mode_rows_per_face(tmp_path):
     """--faces detect: one row per face found, with its box; an image with no face: one row saying so."""
     from fer_ray import bundle, faces
 
-    try:
-        faces.find(Image.new("RGB", (64, 64)), "detect")
-    except NotImplementedError:
-        pytest.skip("face detection not built yet")
     crops = [real_face(v, 96) for v in FACE_VARIANTS]
-    found = [c for c in crops if len(faces.find(c, "detect")) == 1][:3]  # crops the detector sees alone
+    found = [c for c in crops if len(faces.detect(c)) == 1][:3]  # crops the detector sees alone
     assert len(found) == 3
     canvas = Image.new("L", (400, 160), 128)
     for i, c in enumerate(found):
@@ -180,14 +197,42 @@ def test_detect_mode_rows_per_face(tmp_path):
     lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r", faces="detect")
     rows = lab(_batch([str(group), str(blank)])).to_pylist()
     g = [r for r in rows if r["image_path"] == str(group)]
-    boxes = faces.find(Image.open(group), "detect")
+    boxes = faces.detect(Image.open(group))
     assert len(g) == len(boxes) >= 2
     assert [r["face_index"] for r in g] == list(range(len(g)))
     assert [(r["box_x"], r["box_y"], r["box_w"], r["box_h"]) for r in g] == [tuple(b) for b in boxes]
-    assert all(r["error"] is None and r["label"] in EMOTIONS for r in g)
+    assert all(r["error"] is None and r["label"] in EMOTIONS and r["face_source"] == "detected" for r in g)
     (b,) = [r for r in rows if r["image_path"] == str(blank)]
     assert b["error"] == "no face detected" and b["box_w"] is None and b["label"] is None
+    assert b["face_source"] is None
     assert (b["image_width"], b["image_height"]) == (300, 200)
+
+
+def test_auto_mode_never_drops_an_image(tmp_path):
+    """--faces auto (the default): a FER-style crop as it is, a photo's faces re-framed, no face ->
+    the whole image, a tiny face in a big image -> the whole image, a huge image -> an error row."""
+    from fer_ray import bundle
+
+    crop, photo, blank, tiny = (tmp_path / n for n in ("crop.png", "photo.png", "blank.png", "tiny.png"))
+    real_face("plain", 48).save(crop)
+    canvas = Image.new("L", (640, 480), 150)
+    canvas.paste(real_face("plain", 150), (60, 90))
+    canvas.paste(real_face("mirror", 160), (380, 200))
+    canvas.save(photo)
+    Image.new("L", (300, 200), 128).save(blank)
+    small = Image.new("L", (1200, 900), 150)
+    small.paste(real_face("plain", 16), (500, 400))  # a face under 20 px
+    small.save(tiny)
+    meta = bundle.load().meta
+    lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r")
+    uris = [str(crop), str(photo), str(blank), str(tiny)]
+    rows = lab(_batch(uris)).to_pylist()
+    by = {u: [r for r in rows if r["image_path"] == u] for u in uris}
+    assert [r["face_source"] for r in by[str(crop)]] == ["as-framed"]
+    assert [r["face_source"] for r in by[str(photo)]] == ["detected", "detected"]
+    assert [r["face_source"] for r in by[str(blank)]] == ["whole-image"]
+    assert [r["face_source"] for r in by[str(tiny)]] == ["whole-image"]
+    assert all(r["error"] is None and r["label"] in EMOTIONS for r in rows)
 
 
 # ------------------------------------------------------------------------- CLI errors (no Ray)
@@ -334,3 +379,21 @@ def test_worker_plan_never_holds_every_cpu():
     # one actor on a cluster of two 1-CPU nodes must still fit on one node
     n, cpus, threads, gpus = label.plan_workers(FakeRay({"CPU": 2.0}, [{"CPU": 1.0}, {"CPU": 1.0}]), 1, False)
     assert n == 1 and cpus <= 1.0
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_second_run_into_the_same_dest_exits_in_one_line(ray_local, bucket, tmp_path, capsys, where):
+    """While a run holds DEST's lease another exits with one clear line and touches nothing; once
+    the lease is gone the next run labels everything exactly once."""
+    src = f"{bucket}/in"
+    _put(src, _images(0, 6))
+    dest = str(tmp_path / "out") if where == "local" else f"{bucket}/out"
+    holder = runs.Lease(runs.Dest(dest), ttl=60, run="scheduled-tick").acquire()
+    assert cli.main(["label", src, dest, "--incremental", "--no-progress", "--faces", "crop"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is being labeled by another run (scheduled-tick" in err[0]
+    assert runs.committed_runs(dest) == []
+    holder.release()
+    assert cli.main(["label", src, dest, "--incremental", "--no-progress", "--faces", "crop"]) == 0
+    _once(_read(dest), storage.list_objects(src))
+    assert runs.Lease(runs.Dest(dest)).acquire().release() is None  # released at the end of the run

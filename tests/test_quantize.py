@@ -63,7 +63,7 @@ def test_bundle_int8_round_trip_and_precision_choice(tmp_path):
         bundle.load(d, precision="int8")
     assert bundle.load(d).precision == "fp32"  # auto without a calibration
 
-    after = quantize.calibrate_bundle(d, _faces(40), samples=32, source="fixture")
+    after = bundle.calibrate(d, _faces(40), samples=32, source="fixture")
     assert after["model_id"] == meta["model_id"]  # same weights, same identity
     assert after["int8"]["calibration"] == {"images": 32, "seed": 0, "source": "fixture"}
     auto, fp32 = bundle.load(d), bundle.load(d, precision="fp32")
@@ -85,7 +85,7 @@ def test_bad_precision_and_corrupt_calibration(tmp_path):
         bundle.load(d, precision="fp16")
     with pytest.raises(bundle.BundleError, match="int8 runs on CPU only"):
         bundle.load(d, gpu=True, precision="int8")
-    quantize.calibrate_bundle(d, _faces(8))
+    bundle.calibrate(d, _faces(8))
     (tmp_path / "b" / bundle.INT8_FILE).write_bytes(b"garbage")
     with pytest.raises(bundle.BundleError, match="bad int8 calibration"):
         bundle.load(d)

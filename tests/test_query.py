@@ -526,3 +526,27 @@ def test_a_real_process_prints_no_traceback(outputs):
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stdout == "" and "Traceback" not in p.stderr
     assert p.stderr.startswith("error: SQL error: Catalog Error") and p.stderr.count("\n") == 1
+
+
+def test_outputs_written_before_face_source_stay_readable(outputs, tmp_path, capsys):
+    """A run committed by an older fer-ray has no face_source column: query and report still read
+    it (the column reads as null) beside a run that has it."""
+    base = outputs["local_df"]
+    dest = str(tmp_path / "mixed")
+    d = runs.Dest(dest)
+    for k, old in enumerate((True, False)):
+        run_id, _ = runs.open_run(d, {"run_id": f"20260101T00000{k}Z-mix{k:03d}"})
+        df = base.assign(run_id=run_id)
+        schema = LABEL_SCHEMA
+        if old:
+            df = df.drop(columns=["face_source"])
+            schema = pa.schema([f for f in LABEL_SCHEMA if f.name != "face_source"])
+        t = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        pq.write_table(t, d.path(runs.STAGING_DIR, run_id, runs.part_name(0)))
+        runs.commit(d, run_id, {"rows": t.num_rows})
+    got = query.labels(dest, columns="all")
+    assert len(got) == 2 * len(base)
+    old_rows = got[got["run_id"].str.endswith("mix000")]
+    assert old_rows["face_source"].isna().all()
+    assert query.summary(dest)["rows"] == 2 * len(base)
+    assert cli.main(["report", dest, "--out", str(tmp_path / "r.html")]) == 0

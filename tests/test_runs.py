@@ -112,3 +112,92 @@ def test_committed_runs_on_s3(bucket):
     runs.commit(d, rid, {})
     assert runs.committed_files(dest) == [f"{dest}/run_id={rid}/part-00000.parquet"]
     assert not d.fs.exists(d.staging(rid))
+
+
+# ---------------------------------------------------------------- the lease: one writer per DEST
+
+
+@pytest.fixture(params=["local", "s3"])
+def dest(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("bucket") + "/out"
+
+
+def test_only_one_of_many_concurrent_runs_takes_the_lease(dest):
+    import threading
+
+    barrier = threading.Barrier(6)
+    won, refused = [], []
+
+    def contend():
+        lease = runs.Lease(runs.Dest(dest), ttl=60)
+        barrier.wait()  # all try at once
+        try:
+            won.append(lease.acquire())
+        except runs.LeaseHeld as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=contend) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 5
+    assert all("is being labeled by another run" in m for m in refused)
+    won[0].release()
+    again = runs.Lease(runs.Dest(dest), ttl=60).acquire()  # released: free to take
+    again.release()
+
+
+def test_a_crashed_runs_lease_expires_and_only_one_takes_it_over(dest):
+    import threading
+    import time
+
+    crashed = runs.Lease(runs.Dest(dest), ttl=1.0, run="crashed").acquire()
+    crashed._stop.set()  # the process died: nobody renews or releases
+    with pytest.raises(runs.LeaseHeld, match="crashed"):
+        runs.Lease(runs.Dest(dest), ttl=60).acquire()
+    held, _ = crashed._read()
+    while time.time() <= held["expires"]:  # wait for the condition itself, not a guessed delay
+        time.sleep(0.05)
+    barrier = threading.Barrier(4)
+    won = []
+
+    def contend():
+        lease = runs.Lease(runs.Dest(dest), ttl=60)
+        barrier.wait()
+        try:
+            won.append(lease.acquire())
+        except runs.LeaseHeld:
+            pass
+
+    threads = [threading.Thread(target=contend) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    won[0].release()
+
+
+def test_a_stalled_run_that_lost_its_lease_does_not_commit(dest):
+    """A run stalls past its lease (renewals stop), another takes the lease over; when the first
+    wakes up, its renewal sees another owner and its commit is refused."""
+    import time
+
+    stalled = runs.Lease(runs.Dest(dest), ttl=1.0).acquire()
+    stalled._stop.set()
+    held, _ = stalled._read()
+    while time.time() <= held["expires"]:
+        time.sleep(0.05)
+    other = runs.Lease(runs.Dest(dest), ttl=60).acquire()
+    stalled._start_renewing()  # it wakes up
+    deadline = time.time() + 30
+    while not stalled.lost and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(runs.LeaseHeld, match="nothing committed"):
+        stalled.check()
+    stalled.release()  # must not remove the other run's lease
+    assert other._read()[0]["owner"] == other.owner
+    other.release()

@@ -21,15 +21,22 @@ def add_arguments(p) -> None:
     p.add_argument("source", metavar="SOURCE",
                    help="s3://bucket/prefix, a local folder, or a manifest (.txt: one URI a line; .parquet: a uri column)")
     p.add_argument("dest", metavar="DEST", help="s3://bucket/prefix or local folder for the Parquet output")
-    p.add_argument("--model", metavar="BUNDLE", help="model bundle (folder or s3:// URI); default: the shipped one")
-    p.add_argument("--faces", choices=("crop", "detect"), default="crop",
-                   help="crop: each image is one face (default); detect: find faces, one row per face")
+    p.add_argument("--model", metavar="BUNDLE", help="fast, accurate (the shipped models), a bundle folder or s3:// URI; default: fast on CPU, accurate with --gpu")
+    p.add_argument("--faces", choices=("auto", "crop", "detect"), default="auto",
+                   help="auto (default): crops framed like FER-2013 go in as they are, other images are searched "
+                        "for faces, each re-framed (none found: the whole image); crop: each image is one face; "
+                        "detect: only detected faces, one row each")
     p.add_argument("--incremental", action="store_true",
                    help="label only objects (key + ETag/size) not in a committed run under DEST")
     p.add_argument("--batch-size", type=_positive, default=256, metavar="N", help="images per batch (default 256)")
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
                    help="labeling actors (default: one per CPU, or one per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="run the model on GPUs (one actor per GPU)")
+    p.add_argument("--lease-seconds", type=float, default=300.0, metavar="S",
+                   help="one run at a time per DEST: a run holds DEST/_lease.json, renewed while it runs; "
+                        "a crashed run's lease blocks others for at most S seconds (default 300)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean over 10 views of each face (about 10x the model's work)")
     p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="auto (default): int8 on CPU when the model is calibrated for it, else fp32")
     p.add_argument("--run-id", default=None, metavar="ID", help="name the run (default: UTC time + random suffix)")
@@ -44,8 +51,11 @@ def run(args) -> int:
             runs.check_run_id(args.run_id)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.lease_seconds <= 0:
+        raise UsageError(f"--lease-seconds must be > 0, got {args.lease_seconds}")
     summary = label.run(args.source, args.dest, model=args.model, faces=args.faces, incremental=args.incremental,
                         batch_size=args.batch_size, workers=args.workers, gpu=args.gpu, run_id=args.run_id,
-                        progress=not args.no_progress, precision=args.precision)
+                        progress=not args.no_progress, precision=args.precision, tta=args.tta,
+                        lease_seconds=args.lease_seconds)
     print(label.summary_text(summary), flush=True)
     return 0

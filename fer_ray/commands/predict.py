@@ -13,7 +13,7 @@ import torch
 
 from .. import bundle as bundle_mod
 from .. import evaluate as ev
-from .. import faces, preprocess, storage
+from .. import framing, preprocess, storage
 from ..errors import FerRayError, UsageError
 
 HELP = "predict the emotion of face images (local paths, directories or s3:// URIs)"
@@ -21,10 +21,11 @@ HELP = "predict the emotion of face images (local paths, directories or s3:// UR
 
 def add_arguments(p) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories of images, or s3:// URIs")
-    p.add_argument("--model", metavar="BUNDLE", help="bundle directory or s3:// URI (default: the shipped model)")
+    p.add_argument("--model", metavar="BUNDLE", help="fast, accurate (the shipped models), a bundle folder or s3:// URI; default: fast on CPU, accurate with --gpu")
     p.add_argument("--gpu", action="store_true", help="run on the GPU (default model: the accurate one)")
-    p.add_argument("--faces", choices=faces.MODES, default="crop",
-                   help="crop: each image is a face crop (default); detect: find the faces in photos")
+    p.add_argument("--faces", choices=framing.MODES, default="auto",
+                   help="auto (default): crops framed like FER-2013 as they are, faces found in anything else "
+                        "re-framed, else the whole image; crop: each image is a face crop; detect: found faces only")
     p.add_argument("--show", metavar="OUT.png", help="also write a PNG with each image and its class probabilities")
     p.add_argument("--top", type=int, default=3, metavar="K", help="how many classes to list per image (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
@@ -38,6 +39,7 @@ class Item:
     image: object = None  # PIL image, upright
     boxes: list = field(default_factory=list)
     crops: list = field(default_factory=list)  # uint8 48x48, one per box
+    sources: list = field(default_factory=list)  # framing.SOURCES, one per box
     probs: list = field(default_factory=list)  # np arrays (C,), one per box
     error: str | None = None
 
@@ -75,17 +77,15 @@ def load_item(uri: str, mode: str) -> Item:
     item = Item(uri)
     try:
         item.image = preprocess.decode(read_bytes(uri))
-        item.boxes = faces.find(item.image, mode)
+        found = framing.faces(item.image, mode)
     except preprocess.DecodeError as exc:
         item.error = str(exc)
         return item
-    except NotImplementedError as exc:
+    except (NotImplementedError, RuntimeError) as exc:  # e.g. faces.DetectorUnavailable
         raise FerRayError(f"--faces {mode}: {exc}") from None
-    for x, y, w, h in item.boxes:
-        crop = item.image if (x, y, w, h) == (0, 0, item.image.width, item.image.height) else item.image.crop(
-            (x, y, x + w, y + h)
-        )
-        item.crops.append(preprocess.to_gray48(crop))
+    item.boxes = [f.box for f in found]
+    item.crops = [f.pixels for f in found]
+    item.sources = [f.source for f in found]
     return item
 
 
@@ -183,12 +183,13 @@ def run(args) -> int:
             if args.json:
                 order = np.argsort(-p, kind="stable")[:top]
                 print(json.dumps({
-                    "image": item.uri, "face": k, "box": list(item.boxes[k]),
+                    "image": item.uri, "face": k, "box": list(item.boxes[k]), "face_source": item.sources[k],
                     "emotion": classes[int(order[0])], "confidence": round(float(p[order[0]]), 4),
                     "top": [[classes[i], round(float(p[i]), 4)] for i in order],
                 }))
             else:
-                label = item.uri if len(item.probs) == 1 and args.faces == "crop" else f"{item.uri}#face{k + 1}"
+                whole = len(item.probs) == 1 and item.sources[0] != "detected"
+                label = item.uri if whole else f"{item.uri}#face{k + 1}"
                 print(_line(label, p, classes, top))
     if args.show:
         if any(item.probs for item in items):

@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
 
 
     p.add_argument("--png", action="store_true",
-                   help="store pixels as lossless PNG (25%% smaller, slower to load): for carrying data to a GPU machine")
+                   help="store pixels as lossless PNG (25%% smaller, slower to load): for moving prepared data where size matters")
 
 
 def run(args) -> int:

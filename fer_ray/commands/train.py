@@ -45,6 +45,8 @@ def add_arguments(p) -> None:
     p.add_argument("--teacher", metavar="BUNDLE", help="distil from this bundle (local or s3://); needs --distill")
     p.add_argument("--distill", type=float, metavar="W",
                    help="weight of the teacher's probabilities in the targets, 0..1; 0 = off (default)")
+    p.add_argument("--init", metavar="BUNDLE",
+                   help="start from this bundle's weights (local or s3://; same arch and arch args): fine-tuning")
     p.add_argument("--augment", type=_augment, metavar="JSON|none",
                    help='augmentation strengths, e.g. \'{"rotate": 15, "erase": 0.5}\'; "none" turns it off')
     p.add_argument("--patience", type=int, metavar="N", help="early stop after N epochs without better val accuracy; 0 = off")
