@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fer_ray import runs as R  # noqa: E402
 from fer_ray.emotions import EMOTIONS  # noqa: E402
-from fer_ray.label import error_reason  # noqa: E402
+from fer_ray.schema import error_reason  # noqa: E402
 from fer_ray.schema import LABEL_SCHEMA, PROB_COLUMNS  # noqa: E402
 
 ERROR_REASONS = ["cannot decode image: UnidentifiedImageError", "not found", "image too large (9000x9000)",

@@ -50,6 +50,7 @@ UPSAMPLE_TO = 216        # ... to this shorter side (3x a 48-px crop with its bo
 SMALL_FACE_RANGE = (0.35, 1.6)
 
 _local = threading.local()  # CascadeClassifier keeps per-call scratch state: one per thread
+_import_lock = threading.Lock()  # threads importing cv2 at once can see a half-initialised module
 
 
 class DetectorUnavailable(RuntimeError):
@@ -59,19 +60,24 @@ class DetectorUnavailable(RuntimeError):
 def _cascade():
     cascade = getattr(_local, "cascade", None)
     if cascade is None:
-        try:
-            import cv2
-        except ImportError as exc:  # pragma: no cover - opencv-python-headless is a dependency
-            raise DetectorUnavailable(f"face detection needs opencv-python-headless: {exc}") from None
-        root = getattr(getattr(cv2, "data", None), "haarcascades", "") or ""
-        path = os.path.join(root, CASCADE_FILE)
-        if not hasattr(cv2, "CascadeClassifier") or not os.path.exists(path):
-            raise DetectorUnavailable(
-                f"OpenCV {cv2.__version__} has no Haar cascades (need opencv-python-headless<5)")
-        cascade = cv2.CascadeClassifier(path)
-        if cascade.empty():
-            raise DetectorUnavailable(f"cannot load {path}")
-        _local.cascade = cascade
+        with _import_lock:
+            return _load_cascade()
+    return cascade
+
+
+def _load_cascade():
+    try:
+        import cv2
+    except ImportError as exc:  # pragma: no cover - opencv-python-headless is a dependency
+        raise DetectorUnavailable(f"face detection needs opencv-python-headless: {exc}") from None
+    root = getattr(getattr(cv2, "data", None), "haarcascades", "") or ""
+    path = os.path.join(root, CASCADE_FILE)
+    if not hasattr(cv2, "CascadeClassifier") or not os.path.exists(path):
+        raise DetectorUnavailable(f"OpenCV {cv2.__version__} has no Haar cascades (need opencv-python-headless<5)")
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise DetectorUnavailable(f"cannot load {path}")
+    _local.cascade = cascade
     return cascade
 
 

@@ -22,10 +22,10 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, faces as faces_mod, framing, runs, storage
+from . import __version__, faces as faces_mod, framing, placement, runs, storage
 from .errors import FerRayError
 from .labeler import INPUT_SCHEMA, Labeler
-from .schema import LABEL_SCHEMA
+from .schema import LABEL_SCHEMA, error_reason
 from .sources import key, list_source, listing_digest, not_labeled
 
 # Knobs measured by benchmarks/bench_label.py (see the README for the figures behind the defaults).
@@ -44,11 +44,6 @@ FLUSH_SECONDS = 120.0  # a crashed run loses at most this much finished work (it
 
 
 # ---------------------------------------------------------------------------- the driver side
-
-
-def error_reason(error: str) -> str:
-    """Group error strings for the summary: 'image too large (9000x9000)' -> 'image too large'."""
-    return error.split(" (", 1)[0]
 
 
 class StagingWriter:
@@ -126,9 +121,7 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
         share = cpus / n
         return n, max(0.01, round(min(1.0, share) * TUNING["cpu_fraction"], 2)), 1, int(gpus / n * 1000) / 1000
     n = workers or max(1, int(cpus))
-    # An actor must fit on one node: never reserve more than the largest node's CPUs.
-    largest = max((nd["Resources"].get("CPU", 0) for nd in ray.nodes() if nd["Alive"]), default=cpus)
-    share = min(cpus / n, largest)
+    share = min(cpus / n, placement.largest_node_cpus(ray, cpus))
     threads = max(1, int(share))
     return n, max(0.01, round(min(float(threads), share) * TUNING["cpu_fraction"], 2)), threads, 0.0
 

@@ -29,12 +29,11 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from . import label as _label
 from . import runs as _runs
 from . import storage
 from .emotions import EMOTIONS
 from .errors import FerRayError, UsageError
-from .schema import LABEL_SCHEMA
+from .schema import LABEL_SCHEMA, error_reason
 
 #: What `labels()` and the `table` format show unless asked for other columns.
 DEFAULT_COLUMNS = ["image_path", "face_index", "label", "confidence", "error", "run_id"]
@@ -191,7 +190,7 @@ class Output:
     def connect(self):
         """A new DuckDB connection with `labels` (this dataset) and `runs` (markers) registered.
 
-        `error_reason(error)` is the labeling job's grouping of error texts (fer_ray.label.error_reason).
+        `error_reason(error)` is the labeling job's grouping of error texts (fer_ray.schema.error_reason).
         `labels` is a view over the Arrow scan, which DuckDB inlines: projections and filters
         still reach the scan. The scan's own schema starts with `face_index` (4 bytes a row)
         because a query that needs no column (`count(*)`, or one whose columns are all pushed
@@ -203,7 +202,7 @@ class Output:
                     f"FROM {_SCAN}")
         con.register(RUNS_TABLE, runs_table(self.runs))
         # the labeling job's own grouping of error texts into reasons (as in the markers' counts)
-        con.create_function("error_reason", _label.error_reason, ["VARCHAR"], "VARCHAR", side_effects=False)
+        con.create_function("error_reason", error_reason, ["VARCHAR"], "VARCHAR", side_effects=False)
         return con
 
     def _connection(self):

@@ -33,3 +33,8 @@ LABEL_SCHEMA = pa.schema(
         pa.field("labeled_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+
+
+def error_reason(error: str) -> str:
+    """Group error strings for summaries: 'image too large (9000x9000)' -> 'image too large'."""
+    return error.split(" (", 1)[0]

@@ -31,7 +31,7 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from . import bundle, data, loop, models, preprocess, quantize, storage
+from . import bundle, data, loop, models, placement, preprocess, quantize, storage
 from .errors import FerRayError, UsageError
 
 STATE_FILE = "state.pt"
@@ -177,7 +177,7 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
         raise UsageError("distillation needs both --teacher BUNDLE and --distill W > 0")
     if cfg.get("teacher"):
         if not storage.is_s3(cfg["teacher"]):
-            cfg["teacher"] = os.path.abspath(cfg["teacher"])
+            cfg["teacher"] = os.path.abspath(bundle.resolve(cfg["teacher"]))
         try:
             meta = bundle.load(cfg["teacher"], precision="fp32").meta
         except FerRayError as exc:
@@ -199,7 +199,7 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
 
 def _check_init(cfg: dict) -> None:
     if not storage.is_s3(cfg["init"]):
-        cfg["init"] = os.path.abspath(cfg["init"])
+        cfg["init"] = os.path.abspath(bundle.resolve(cfg["init"]))
     try:
         meta = bundle.load(cfg["init"], precision="fp32").meta
     except FerRayError as exc:
@@ -439,8 +439,7 @@ def _run_ray(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
         if not ray.is_initialized():
             ray.init()  # what fit() would do: join the running cluster (RAY_ADDRESS / ray start) or start one
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        # A worker must fit on one node: never ask for more CPUs than the largest node has.
-        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+        largest = placement.largest_node_cpus(ray, 1)
         cfg = {**cfg, "cpus_per_worker": max(1, min(cpus // cfg["workers"], int(largest)))}
 
     trainer = TorchTrainer(

@@ -61,8 +61,8 @@ def training(meta: dict) -> list[str]:
             f"training time {t.get('train_time_s', 0) / 60:.0f} min, about {hours:.1f} CPU-hours "
             f"({t.get('cpus_per_worker')} cores, workers={t.get('workers')})",
             f"- data checksum `{meta.get('data_checksum')}`",
-            "- resolved config (the bundle's `training` record):", "", "```json",
-            json.dumps(cfg, indent=1), "```"]
+            "- resolved config (the bundle's `training` record):", "", "```yaml",
+            *[f"{k}: {json.dumps(v)}" for k, v in cfg.items()], "```"]
 
 
 def card(path: str, name: str, speed: str | None) -> str:

@@ -31,7 +31,7 @@ from conftest import FACE_VARIANTS, face_like, image_bytes, real_face
 from fer_ray import cli, label, query, runs, storage
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError, UsageError
-from fer_ray.schema import LABEL_SCHEMA
+from fer_ray.schema import LABEL_SCHEMA, error_reason
 
 N_SAMPLES = 42
 
@@ -176,7 +176,7 @@ def test_the_fixture_is_what_the_tests_assume(outputs):
     m1, m2 = outputs["markers"]
     assert m1["objects"] == 32 and m2["objects"] == 22 and len(df) == 54
     assert df["label"].nunique() >= 5  # the spread model: labels to filter on
-    reasons = set(df["error"].dropna().map(label.error_reason))
+    reasons = set(df["error"].dropna().map(error_reason))
     assert reasons == {"empty file", "cannot decode image: UnidentifiedImageError"}
     assert len(outputs["s3_df"]) == 54
 

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 
 from .. import bundle as bundle_mod
-from .. import data, framing, shifts, storage
+from .. import data, faces, framing, shifts, storage
 from .. import evaluate as ev
 from ..errors import FerRayError, UsageError
 
@@ -82,7 +82,10 @@ def _record_where(args) -> tuple[bool, str | None]:
 def _shift_suite(args, b, split, local_out: str, checksum: str, now: str) -> tuple[str, dict]:
     key = f"shifts-{args.split}" + ("-int8" if b.precision == "int8" else "")
     print(f"shift suite on {args.split} ({args.shift_sample or len(split)} images):")
-    result = shifts.run(b, split, sample=args.shift_sample, batch_size=args.batch_size, say=print)
+    try:
+        result = shifts.run(b, split, sample=args.shift_sample, batch_size=args.batch_size, say=print)
+    except faces.DetectorUnavailable as exc:
+        raise FerRayError(f"--shifts: {exc}") from None
     result.update(data_checksum=checksum, precision=b.precision, evaluated_at=now)
     with open(os.path.join(local_out, "shifts.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -102,7 +105,10 @@ def run(args) -> int:
     key = (args.split + ("-int8" if b.precision == "int8" else "") + ("-tta" if args.tta else "")
            + ("" if args.faces == "crop" else f"-faces-{args.faces}"))
     if args.faces != "crop":
-        split.pixels, sources = framing.frame_crops(split.pixels, args.faces)
+        try:
+            split.pixels, sources = framing.frame_crops(split.pixels, args.faces)
+        except faces.DetectorUnavailable as exc:
+            raise FerRayError(f"--faces {args.faces}: {exc}") from None
         print(f"framing ({args.faces}): " + ", ".join(f"{n} {s}" for s, n in sources.items()))
     shipped = bundle_mod.is_shipped(bundle_mod.resolve(args.model))
     out = args.out or (f"eval-{b.model_id}-{key}" if shipped else storage.join(args.model, f"eval-{key}"))
