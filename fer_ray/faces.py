@@ -46,7 +46,7 @@ SMALL_SIDE = 160         # images with a shorter side below this are crops: padd
 SMALL_PAD = 0.25         # ... by this fraction of their shorter side on every edge
 UPSAMPLE_TO = 216        # ... to this shorter side (3x a 48-px crop with its border)
 # In a crop, only faces of 0.35-1.6x its side matter (a smaller one is a poor model input anyway):
-# scanning only those scales cut detection from 19 to 5 ms per 48-px crop at the same hit rate.
+# scanning only those scales cut detection from 19 to 5 ms per 48-px crop (3x upsampled) at the same hit rate.
 SMALL_FACE_RANGE = (0.35, 1.6)
 
 _local = threading.local()  # CascadeClassifier keeps per-call scratch state: one per thread

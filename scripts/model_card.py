@@ -99,7 +99,8 @@ def card(path: str, name: str, speed: str | None) -> str:
             lines += ["", "## Speed", "",
                       f"Forward passes on pre-decoded 48x48 inputs, batch {s['batch']}, {s['threads']} threads, "
                       f"median of {s['repeats']} (`benchmarks/bench_model.py --json`, "
-                      f"{s['cores']} cores, load average {s['load_before']}-{s['load_after']}): "
+                      f"{s['cores']} cores of {s.get('cpu', 'an unnamed CPU')}, load average "
+                      f"{s['load_before']}-{s['load_after']}): "
                       + ", ".join(f"{k} **{v:,} img/s**" for k, v in r.items()) + "."]
     if not meta.get("members"):
         lines += ["", "## Training", ""] + training(meta)

@@ -341,6 +341,10 @@ def test_portable_cronjob_has_the_rbac_its_script_uses():
     script = " ".join(" ".join(c.get("command", []) + c.get("args", [])) for c in pod["containers"])
     used = set(re.findall(r"kubectl (create|get|list|delete|patch|apply|watch)\b", script))
     used |= {"delete"} if "xargs -r kubectl delete" in script else set()
+    # `kubectl delete` waits for the deletion with a watch unless told not to; the Role grants none
+    deletes = re.findall(r"kubectl delete[^|;\n]*", script)
+    assert all("--wait=false" in d for d in deletes) or "watch" in {
+        v for r in role["rules"] for v in r["verbs"]}, deletes
     granted = {v for r in role["rules"] if "rayjobs" in r["resources"] and "ray.io" in r["apiGroups"] for v in r["verbs"]}
     assert used <= granted, f"the script runs kubectl {sorted(used - granted)} without RBAC for it"
     # the RayJob template it creates is mounted from the ConfigMap it names
