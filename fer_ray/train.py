@@ -176,16 +176,14 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
     if (cfg["distill"] > 0) != bool(cfg.get("teacher")):
         raise UsageError("distillation needs both --teacher BUNDLE and --distill W > 0")
     if cfg.get("teacher"):
-        if not storage.is_s3(cfg["teacher"]):
-            cfg["teacher"] = os.path.abspath(bundle.resolve(cfg["teacher"]))
-        try:
-            meta = bundle.load(cfg["teacher"], precision="fp32").meta
-        except FerRayError as exc:
-            raise UsageError(f"--teacher: {exc}") from None
+        meta = _bundle_setting(cfg, "teacher")
         if (meta["preprocess"]["mean"], meta["preprocess"]["std"]) != (preprocess.MEAN, preprocess.STD):
             raise UsageError("--teacher normalises its input differently from this fer-ray's models")
     if cfg.get("init"):
-        _check_init(cfg)
+        meta = _bundle_setting(cfg, "init")
+        if (meta["arch"], meta.get("arch_args") or {}) != (cfg["arch"], cfg["arch_args"]):
+            raise UsageError(f"--init {cfg['init']} is {meta['arch']} {json.dumps(meta.get('arch_args') or {})}, "
+                             f"the run is {cfg['arch']} {json.dumps(cfg['arch_args'])}")
     if cfg["name"] is None:
         cfg["name"] = f"{cfg['arch']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if not _NAME_RE.match(str(cfg["name"])):
@@ -197,16 +195,15 @@ def validate(cfg: dict, saved: dict | None = None) -> None:
         )
 
 
-def _check_init(cfg: dict) -> None:
-    if not storage.is_s3(cfg["init"]):
-        cfg["init"] = os.path.abspath(bundle.resolve(cfg["init"]))
+def _bundle_setting(cfg: dict, key: str) -> dict:
+    """A bundle-valued setting (teacher, init): a shipped name or a local path becomes an absolute
+    path (Ray workers run elsewhere); returns the bundle's metadata, or a one-line error."""
+    if not storage.is_s3(cfg[key]):
+        cfg[key] = os.path.abspath(bundle.resolve(cfg[key]))
     try:
-        meta = bundle.load(cfg["init"], precision="fp32").meta
+        return bundle.load(cfg[key], precision="fp32").meta
     except FerRayError as exc:
-        raise UsageError(f"--init: {exc}") from None
-    if (meta["arch"], meta.get("arch_args") or {}) != (cfg["arch"], cfg["arch_args"]):
-        raise UsageError(f"--init {cfg['init']} is {meta['arch']} {json.dumps(meta.get('arch_args') or {})}, "
-                         f"the run is {cfg['arch']} {json.dumps(cfg['arch_args'])}")
+        raise UsageError(f"--{key}: {exc}") from None
 
 
 def _has_votes(data_dir: str) -> bool:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fer_ray import bundle, cli, data, loop, models, storage, train
+from fer_ray.errors import UsageError
 from test_loop import separable
 
 TINY_ARGS = {"widths": [8, 8, 16, 16]}
@@ -127,6 +128,23 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(prepared, tmp_path):
     assert same(weights("whole"), weights("stopped"))
     train.run(cfg("other", seed=1))
     assert not same(weights("whole"), weights("other"))
+
+
+def test_init_starts_from_a_bundles_weights_and_checks_the_arch(prepared, tmp_path):
+    import torch
+
+    first = train.run(tiny(prepared, str(tmp_path), "parent", workers=0))
+    child = train.run(tiny(prepared, str(tmp_path), "child", workers=0, init=first["bundle"], lr=1e-12,
+                           warmup_epochs=0, weight_decay=0.0))
+    parent_w = bundle.load(first["bundle"], optimize=False, precision="fp32").model.state_dict()
+    child_w = train.LocalReporter(tiny(prepared, str(tmp_path), "child", workers=0)).latest_state()["model"]
+    convs = [k for k, v in parent_w.items() if v.dim() > 1]
+    assert convs and all(torch.allclose(parent_w[k], child_w[k], atol=1e-6) for k in convs)
+    assert child["epochs_run"] == 1
+    with pytest.raises(UsageError, match="--init .* is fastnet"):
+        tiny(prepared, str(tmp_path), "wrong", workers=0, init=first["bundle"], arch_args={"widths": [8, 8]})
+    with pytest.raises(UsageError, match="--init: not a model bundle"):
+        tiny(prepared, str(tmp_path), "missing", workers=0, init=str(tmp_path / "nothing"))
 
 
 # What the GPU machine lacks: a run with --workers 0 must not need any of these.
