@@ -386,7 +386,7 @@ def _group_ids(pixels: np.ndarray) -> np.ndarray:
 
 
 def _conflicting_groups(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Group ids (among `groups`) whose rows carry more than one label."""
+    """Group ids (among `groups`) whose rows hold more than one label."""
     if len(groups) == 0:
         return np.zeros(0, np.int64)
     pairs = np.unique(np.stack([groups, labels]), axis=1)

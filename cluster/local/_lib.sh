@@ -2,7 +2,7 @@
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
 
-launch() {  # launch NAME CMD...: its own session (setsid), output to logs/NAME.log, pid to NAME.pid
+launch() {  # launch NAME CMD...: its own process group and setsid, output to logs/NAME.log, pid to NAME.pid
   local name=$1; shift
   setsid "$@" < /dev/null > "$STATE/logs/$name.log" 2>&1 &
   echo $! > "$STATE/$name.pid"

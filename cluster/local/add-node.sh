@@ -6,7 +6,7 @@
 #
 # Node N (node2, node3, ...) gets address ${FER_RAY_IP_PREFIX}(N+1), a custom resource {"nodeN": 1}
 # (to pin work on it), the CPUs/memory of the other nodes, its own temp dir and log, and its own
-# session: its pid goes to $STATE/nodeN.pid, and stop.sh stops it with the others.
+# setsid group: its pid goes to $STATE/nodeN.pid, and stop.sh stops it with the others.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -6,8 +6,8 @@
 #   ray job submit --working-dir . ... -- python jobs/train.py ...
 #   cluster/local/stop.sh             # stops exactly the processes this script started, by PID
 #
-# Each node is its own `ray start --block` process in its own session (setsid): its PID, which is
-# also the process-group and session id of everything that node runs, goes to $STATE/<node>.pid.
+# Each node is its own `ray start --block` process started with setsid: its PID, which is
+# also the process-group and setsid id of everything that node runs, goes to $STATE/<node>.pid.
 # stop.sh ends those and nothing else: never `ray stop`, which kills every Ray process on the
 # machine. add-node.sh joins more worker nodes later (or replaces a lost one).
 #

@@ -3,14 +3,14 @@
 #
 #   cluster/local/stop.sh               # every node + the S3 server
 #   cluster/local/stop.sh node2         # one node (or `s3`, `head`)
-#   cluster/local/stop.sh --kill node2  # SIGKILL the node's whole session at once: a lost machine
+#   cluster/local/stop.sh --kill node2  # SIGKILL all of the node's processes at once: a lost machine
 #
 # Never `ray stop`: that kills every Ray process on the machine, other users' clusters included.
 # Each node was started with setsid, so its `ray start --block` PID is also the id of the process
-# group and of the session of everything that node runs (GCS, raylet, dashboard, agents; Ray's
-# worker processes make process groups of their own but stay in the session). A node first gets
+# group and of the setsid group of everything that node runs (GCS, raylet, dashboard, agents; Ray's
+# worker processes make process groups of their own but stay in its setsid group). A node first gets
 # SIGTERM on that PID (Ray drains and stops its own children), then SIGTERM/SIGKILL on the group,
-# and finally SIGKILL for whatever is left in its session. All nodes are stopped in parallel.
+# and finally SIGKILL for whatever is left in its setsid group. All nodes are stopped in parallel.
 # A PID is only signalled while it is still a `ray start`/`moto_server` process, so a stale pid
 # file never hits an unrelated process that reused the number.
 set -uo pipefail
@@ -61,8 +61,8 @@ for name in "${NAMES[@]-}"; do
     STOPPED+=("$name (pid $pid)")
     PIDS+=("$pid")
   elif [ ! -e "/proc/$pid" ]; then
-    # the leader is gone, but its group/session may hold stragglers; the kernel does not reuse a
-    # pid while a group or session of that id exists, so whatever is in them is ours
+    # the leader is gone, but its group or setsid group may hold stragglers; the kernel does not reuse a
+    # pid while a group or setsid group of that id exists, so whatever is in them is ours
     PIDS+=("$pid")
   fi  # else: the number now belongs to some other process; leave it alone
   rm -f "$f"
