@@ -1,15 +1,18 @@
 """Training throughput on the prepared FER-2013 data: plain torch vs Ray Train at equal total threads.
 
-    .venv/bin/python benchmarks/bench_train.py [DATA_DIR] [--arch classic] [--steps 25] [--repeats 3]
+    .venv/bin/python benchmarks/bench_train.py [DATA_DIR] [--config configs/member-cpu.yaml]
+        [--arch classic] [--batch-size 128] [--steps 25] [--repeats 3] [--modes plain,plain-fp32,...]
 
-Three modes, each running the real training loop (loop.fit with the training config's defaults:
-augmentation on, SGD, cosine) for `repeats` epochs of `steps` steps at a global batch of
-`--batch-size` over the real Training split:
+Each mode runs the real training loop (loop.fit with the recipe of `--config`, or the defaults:
+its augmentation, optimizer and schedule included) for `repeats` epochs of `steps` steps at a
+global batch of `--batch-size` over the real Training split:
 
-  plain      one process, no Ray, torch.set_num_threads(2)
-  ray-1x2    Ray Train, 1 worker with 2 CPUs (2 threads)
-  ray-2x1    Ray Train, 2 workers with 1 CPU each (DDP over gloo), half the batch each
-  plain-1t   (reference) one process, no Ray, 1 thread: separates "1 vs 2 threads" from "Ray"
+  plain       one process, no Ray, torch.set_num_threads(2), the recipe's precision (amp: bf16
+              autocast where native: CUDA, CPUs with AMX; fp32 elsewhere)
+  plain-fp32  the same with amp off: what bf16 buys on this CPU
+  ray-1x2     Ray Train, 1 worker with 2 CPUs (2 threads)
+  ray-2x1     Ray Train, 2 workers with 1 CPU each (DDP over gloo), half the batch each
+  plain-1t    (reference) one process, no Ray, 1 thread: separates "1 vs 2 threads" from "Ray"
 
 Images/s per epoch are timed from the second step to the end of the last (the first step of each
 epoch warms up), and the median over epochs is printed, with the ratio to `plain` measured in the
@@ -25,6 +28,7 @@ RSS counts pages shared between processes once per process, so the sums are uppe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -88,7 +92,7 @@ def run_plain(cfg, steps, threads):
     torch.set_num_threads(threads)
     tb, vb = _batches(cfg, 0, 1, "cpu", steps)
     model = train.build_model(cfg, "cpu")
-    loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), Quiet())
+    loop.fit(model, tb, vb, cfg, Quiet())
     return [(images / wall, images / cpu) for images, wall, cpu in tb.epochs]
 
 
@@ -98,7 +102,7 @@ def _ray_worker(c):
 
     cfg, steps = c["cfg"], c["steps"]
     ctx = ray.train.get_context()
-    torch.set_num_threads(cfg["cpus_per_worker"])
+    torch.set_num_threads(cfg.cpus_per_worker)
 
     class Report:
         def report(self, metrics, state):
@@ -106,7 +110,7 @@ def _ray_worker(c):
 
     tb, vb = _batches(cfg, ctx.get_world_rank(), ctx.get_world_size(), "cpu", steps)
     model = ray.train.torch.prepare_model(train.build_model(cfg, "cpu"))
-    loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), Report())
+    loop.fit(model, tb, vb, cfg, Report())
     # ranks move in lock step (DDP all-reduce every step), so rank 0's clock is the group's;
     # images and CPU seconds are summed over the ranks
     sums = torch.tensor([[images, cpu] for images, _, cpu in tb.epochs], dtype=torch.float64)
@@ -119,7 +123,7 @@ def run_ray(cfg, steps, workers, cpus, storage):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = {**cfg, "cpus_per_worker": cpus}
+    cfg = dataclasses.replace(cfg, cpus_per_worker=cpus)
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"cfg": cfg, "steps": steps},
@@ -164,30 +168,34 @@ class PeakRSS:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default="data/fer2013")
-    ap.add_argument("--arch", default="classic")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--config", metavar="FILE.yaml", help="a training recipe (configs/*.yaml); default: the defaults")
+    ap.add_argument("--arch", help="overrides the recipe's")
+    ap.add_argument("--batch-size", type=int, help="overrides the recipe's (default 128)")
     ap.add_argument("--steps", type=int, default=25, help="steps per measured epoch")
     ap.add_argument("--repeats", type=int, default=3, help="measured epochs per mode (median)")
-    ap.add_argument("--modes", default="plain,plain-1t,ray-1x2,ray-2x1")
+    ap.add_argument("--modes", default="plain,plain-fp32,plain-1t,ray-1x2,ray-2x1")
     args = ap.parse_args()
 
     import tempfile
 
     store = tempfile.mkdtemp(prefix="bench-train-")
-    cfg = train.resolve({}, {"data": args.data, "arch": args.arch, "batch_size": args.batch_size,
-                             "epochs": args.repeats, "storage": store, "name": "bench"})
+    recipe = train.read_config_file(args.config) if args.config else {}
+    cfg = train.resolve(recipe, {"data": args.data, "arch": args.arch, "batch_size": args.batch_size,
+                                 "epochs": args.repeats, "storage": store, "name": "bench", "init": None})
     n = len(data.load_split(args.data, "Training"))
-    params = models.count_params(models.build(args.arch))
-    print(f"data {args.data}: {n} training images; arch {args.arch} ({params / 1e6:.2f} M params); "
-          f"global batch {args.batch_size}; {args.repeats} x {args.steps} steps per mode; "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
+    params = models.count_params(models.build(cfg.arch, **cfg.arch_args))
+    print(f"data {args.data}: {n} training images; {args.config or 'default recipe'}: arch {cfg.arch} "
+          f"{cfg.arch_args or ''} ({params / 1e6:.2f} M params); global batch {cfg.batch_size}; "
+          f"{args.repeats} x {args.steps} steps per mode; torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"bf16 native: {loop.bf16_native(torch.device('cpu'))}", flush=True)
 
     results = {}
     for mode in args.modes.split(","):
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             if mode.startswith("plain"):
-                rates = run_plain(cfg, args.steps, threads=1 if mode == "plain-1t" else 2)
+                mode_cfg = dataclasses.replace(cfg, amp=False) if mode == "plain-fp32" else cfg
+                rates = run_plain(mode_cfg, args.steps, threads=1 if mode == "plain-1t" else 2)
             else:
                 if not ray.is_initialized():
                     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -13,19 +13,15 @@ See runs.py for the commit protocol and what `incremental` means.
 
 from __future__ import annotations
 
-import collections
 import os
 import sys
 import time
-import uuid
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import __version__, faces as faces_mod, framing, placement, runs, storage
 from .errors import FerRayError
 from .labeler import INPUT_SCHEMA, Labeler
-from .schema import LABEL_SCHEMA, error_reason
 from .sources import key, list_source, listing_digest, not_labeled
 
 # Knobs measured by benchmarks/bench_label.py (see the README for the figures behind the defaults).
@@ -39,55 +35,9 @@ TUNING = {
     # to compile in each actor, so only worth it from this many images per actor on
     "freeze_min_images": 20_000,
 }
-ROWS_PER_FILE = 500_000
-FLUSH_SECONDS = 120.0  # a crashed run loses at most this much finished work (it resumes from the rest)
 
 
 # ---------------------------------------------------------------------------- the driver side
-
-
-class StagingWriter:
-    """Streams result tables into part files of DEST/_staging/<run_id>/, one fixed schema.
-    A file becomes visible only complete: an S3 multipart upload completes on close; a local
-    file is written under a temporary name and renamed."""
-
-    def __init__(self, d: runs.Dest, run_id: str, first_index: int = 0,
-                 rows_per_file: int | None = None, flush_seconds: float | None = None):
-        self.d, self.run_id = d, run_id
-        self.afs, _ = storage.arrow_filesystem(d.uri)
-        self.index = first_index
-        self.rows_per_file = rows_per_file or ROWS_PER_FILE
-        self.flush_seconds = flush_seconds or FLUSH_SECONDS
-        self.writer = None
-        self.files: list[str] = []
-
-    def _open(self):
-        final = self.d.path(runs.STAGING_DIR, self.run_id, runs.part_name(self.index))
-        self.index += 1
-        if self.d.s3:
-            self.target, self.tmp = final, final
-        else:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            self.target, self.tmp = final, f"{final}.tmp-{uuid.uuid4().hex[:6]}"
-        self.writer = pq.ParquetWriter(self.tmp, LABEL_SCHEMA, filesystem=self.afs, compression="zstd")
-        self.rows, self.opened = 0, time.monotonic()
-
-    def write(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self._open()
-        self.writer.write_table(table)
-        self.rows += table.num_rows
-        if self.rows >= self.rows_per_file or time.monotonic() - self.opened >= self.flush_seconds:
-            self.close()
-
-    def close(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        self.writer = None
-        if self.tmp != self.target:
-            os.replace(self.tmp, self.target)
-        self.files.append(self.target)
 
 
 def _ray_init():
@@ -178,39 +128,18 @@ def _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incre
     listing = list_source(source)
     started = runs.utcnow()
     todo_all = not_labeled(listing, dest) if incremental else listing
-    want = {key(o) for o in todo_all}
-    staged_keys: set = set()
-
-    def resume_if(prev, parts):
-        nonlocal staged_keys
-        if (prev.get("source"), prev.get("model_id"), prev.get("faces")) != (source, model_id, faces):
-            return False
-        paths = [d.uri_of(f"{runs.STAGING_DIR}/{prev['run_id']}/{p}") for p in parts]
-        try:
-            got = runs.read_keys(paths, dest)
-        except Exception:  # noqa: BLE001 - unreadable staging: start afresh
-            return False
-        if not got <= want:  # staged work that this run would not do (changed objects): start afresh
-            return False
-        staged_keys = got
-        return True
-
     info = {"run_id": run_id, "source": source, "dest": dest, "model_id": model_id, "faces": faces,
             "started_at": started, "incremental": incremental}
     try:
-        run_id, parts = runs.open_run(d, info, resume_if)
+        run_id, parts, staged_keys = runs.start(d, info, want={key(o) for o in todo_all})
     except ValueError as exc:
         raise FerRayError(str(exc)) from None
-    if not parts:
-        staged_keys = set()
     todo = [o for o in todo_all if key(o) not in staged_keys]
     say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {source}, "
         f"{len(listing) - len(todo_all)} already labeled, {len(staged_keys)} resumed from staging, "
         f"{len(todo)} to label with {model_id}")
 
-    counts = collections.Counter()
-    errors = collections.Counter()
-    writer = StagingWriter(d, run_id, first_index=len(parts))
+    tally = runs.Tally()
     t_label = time.monotonic()
     batches = []  # (when the batch was labeled, objects in it): for the steady-state rate
     actors = 1
@@ -219,20 +148,13 @@ def _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incre
         t_label = time.monotonic()
         ds, actors = build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision,
                                    progress, tta)
-        try:
+        with runs.StagingWriter(d, run_id, first_index=len(parts)) as writer:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
-                if table.num_rows == 0:
-                    continue
-                table = table.cast(LABEL_SCHEMA) if table.schema != LABEL_SCHEMA else table
-                writer.write(table)
-                before = counts["objects"]
-                _count(table, counts, errors)
-                batches.append((table.column("labeled_at")[0].value, counts["objects"] - before))
-                if _TEST_HOOK:
-                    _TEST_HOOK(writer)
-        finally:
-            writer.close()
+                if table.num_rows:
+                    writer.write(table)
+                    batches.append((table.column("labeled_at")[0].value, tally.add(table)))
     labeled_s = time.monotonic() - t_label
+    counts = tally.counts
     if counts["objects"] != len(todo):
         raise FerRayError(
             f"run {run_id}: {counts['objects']} objects came back for {len(todo)} sent; nothing committed "
@@ -247,14 +169,14 @@ def _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incre
     if steady:
         rates["steady_objects_per_second"] = steady
     if staged_keys:  # add what the resumed files hold, so the marker describes the whole run
-        _count_files([d.uri_of(f"{runs.STAGING_DIR}/{run_id}/{p}") for p in parts], dest, counts, errors)
+        tally.add_files(runs.staged_uris(d, run_id, parts), dest)
     marker = {
         "run_id": run_id, "started_at": started, "source": source, "dest": dest,
         "model_id": model_id, "model": model or "shipped:" + os.path.basename(model_uri), "faces": faces,
         "precision": precision, "tta": bool(tta),
         "incremental": incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
-        "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(errors.items())),
+        "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(tally.errors.items())),
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
         "batch_size": batch_size, "fer_ray_version": __version__,
@@ -277,10 +199,6 @@ def steady_rate(batches, actors: int) -> float | None:
     return round(done / span, 1) if span > 0 else None
 
 
-_TEST_HOOK = None  # tests: called with the StagingWriter after each written block (to simulate crashes)
-_ACTOR_TEST_KWARGS: dict = {}  # tests: extra Labeler constructor arguments (die_once=...)
-
-
 def _check_detector(mode: str):
     from PIL import Image
 
@@ -288,28 +206,6 @@ def _check_detector(mode: str):
         faces_mod.detect(Image.new("RGB", (64, 64)))
     except (NotImplementedError, RuntimeError, ImportError) as exc:  # e.g. faces.DetectorUnavailable
         raise FerRayError(f"--faces {mode} is not available: {exc}") from None
-
-
-def _count(table: pa.Table, counts, errors) -> None:
-    import pyarrow.compute as pc
-
-    counts["rows"] += table.num_rows
-    counts["objects"] += pc.sum(pc.equal(table.column("face_index"), 0)).as_py() or 0
-    err = table.column("error")
-    n_err = table.num_rows - err.null_count
-    counts["errors"] += n_err
-    counts["labeled"] += table.num_rows - n_err
-    if n_err:
-        for e in err.drop_null().to_pylist():
-            errors[error_reason(e)] += 1
-
-
-def _count_files(paths, like, counts, errors) -> None:
-    import pyarrow.dataset as pads
-
-    afs, _ = storage.arrow_filesystem(like)
-    t = pads.dataset([storage.arrow_filesystem(p)[1] for p in paths], format="parquet", filesystem=afs)
-    _count(t.to_table(columns=["face_index", "error"]), counts, errors)
 
 
 def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision, progress,
@@ -350,7 +246,7 @@ def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, wor
                                        threads=threads, gpu=gpu, precision=precision, tta=tta,
                                        forward_chunk=int(TUNING["forward_chunk"]),
                                        fetch_threads=int(TUNING["fetch_threads"]),
-                                       freeze=len(todo) / n >= TUNING["freeze_min_images"], **_ACTOR_TEST_KWARGS),
+                                       freeze=len(todo) / n >= TUNING["freeze_min_images"]),
             batch_size=block,
             batch_format="pyarrow",
             zero_copy_batch=True,

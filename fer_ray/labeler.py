@@ -82,7 +82,7 @@ class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
     def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, die_once=None, precision="auto", tta=False):
+                 fetch_threads=16, freeze=False, precision="auto", tta=False):
         import threading
 
         import torch
@@ -110,7 +110,6 @@ class Labeler:
         self.fetcher = Fetcher(fetch_threads)
         self.compute = threading.Lock()  # batches fetch concurrently, but compute one at a time
         self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
-        self.die_once = die_once  # tests: the first actor to claim this file dies mid-batch
 
     def _crops(self, data, mode):
         """bytes -> (width, height, [framing.Face]) or raises DecodeError/ValueError."""
@@ -120,8 +119,6 @@ class Labeler:
         return img.width, img.height, framing.faces(img, mode, self.size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.die_once and _claim(self.die_once):
-            os._exit(1)
         uris = batch.column("uri").to_pylist()
         sizes = batch.column("size").to_pylist()
         etags = batch.column("etag").to_pylist()
@@ -231,11 +228,3 @@ def _byte_groups(indices: list[int], sizes: list[int], budget: int | None = None
         cur.append(i)
         total += size
     return groups + [cur] if cur else groups
-
-
-def _claim(path: str) -> bool:
-    try:
-        os.rename(path, f"{path}.claimed")
-        return True
-    except OSError:
-        return False

@@ -19,84 +19,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import augment as aug
+from .config import TrainConfig
 from .emotions import NUM_CLASSES
 from .preprocess import normalize
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "plateau")
-BALANCE = ("none", "weights", "sampling")
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
-
-
-@dataclass
-class FitConfig:
-    """Everything the loop needs. `batch_size` is per process (train.py divides the global batch)."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
-    lr: float | None = None  # None: 0.05 for sgd, 0.001 for adamw
-    momentum: float = 0.9
-    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
-    schedule: str = "cosine"  # cosine (per-step, linear warmup) | plateau (x factor when val acc stalls)
-    warmup_epochs: float = 1.0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    patience: int = 0  # early stopping: epochs without a better val accuracy; 0 = off
-    label_smoothing: float = 0.0
-    balance: str = "none"  # none | weights (class-weighted loss) | sampling (class-balanced sampling)
-    soft_labels: bool = False  # targets = FER+ vote distribution where votes exist
-    mixup: float = 0.0  # Beta alpha; 0 = off
-    cutmix: float = 0.0  # Beta alpha; 0 = off
-    distill: float = 0.0  # weight of a teacher model's probabilities in the targets (fit(teacher=...)); 0 = off
-    augment: dict | None = field(default_factory=dict)  # strengths, see augment.DEFAULTS; {} = defaults
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    eval_batch_size: int = 512
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.lr is None:
-            self.lr = 0.05 if self.optimizer == "sgd" else 1e-3
-        if self.weight_decay is None:
-            self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
-        # a mapping of strengths ({} = the defaults); None / False / "none" = no augmentation
-        off = self.augment is None or self.augment is False or str(self.augment).lower() == "none"
-        self.augment = dict(aug.NONE) if off else aug.resolve(self.augment)
-        self.validate()
-
-    def validate(self) -> None:
-        def need(ok: bool, msg: str):
-            if not ok:
-                raise ValueError(msg)
-
-        need(int(self.epochs) >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(int(self.batch_size) >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        need(self.balance in BALANCE, f"balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
-        need(float(self.lr) > 0, f"lr must be > 0, got {self.lr}")
-        need(float(self.weight_decay) >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
-        need(0 <= float(self.label_smoothing) < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(float(self.mixup) >= 0 and float(self.cutmix) >= 0, "mixup/cutmix alpha must be >= 0")
-        need(0 <= float(self.distill) <= 1, f"distill weight must be in [0, 1], got {self.distill}")
-        need(int(self.patience) >= 0, f"patience must be >= 0, got {self.patience}")
-        need(float(self.warmup_epochs) >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}")
-        need(0 < float(self.plateau_factor) < 1, f"plateau factor must be in (0, 1), got {self.plateau_factor}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ArrayBatches:
@@ -192,7 +125,22 @@ def _inputs(px: torch.Tensor, device: torch.device) -> torch.Tensor:
     return normalize(px.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """CUDA, or a CPU with AMX tiles: there bf16 matmuls and convolutions run about 2x faster than
+    fp32 (AVX2-only CPUs emulate bf16 and run slower, so they stay in fp32)."""
+    if device.type == "cuda":
+        return True
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and amx is not None and bool(amx())
+
+
 def _autocast(device: torch.device, enabled: bool):
+    """For the training step. Evaluation on CPU stays fp32, so selection and reported figures do not
+    depend on which CPU ran them."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_native(device))
+
+
+def _eval_autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
@@ -235,7 +183,7 @@ def evaluate(model: torch.nn.Module, batches, amp: bool = True) -> dict:
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
     for px, y, _ in batches:
         y = y.to(device)
-        with _autocast(device, amp):
+        with _eval_autocast(device, amp):
             logits = net(_inputs(px, device))
         sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
@@ -245,7 +193,7 @@ def evaluate(model: torch.nn.Module, batches, amp: bool = True) -> dict:
     return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": int(count)}
 
 
-def make_optimizer(model: torch.nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # no weight decay on BatchNorm/bias parameters (1-D tensors)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
@@ -255,7 +203,7 @@ def make_optimizer(model: torch.nn.Module, cfg: FitConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def make_scheduler(optimizer, cfg: FitConfig, steps_per_epoch: int):
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """cosine: stepped every batch (linear warmup, then cosine to 0); plateau: stepped every epoch."""
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -280,7 +228,7 @@ def _cpu_copy(state: dict) -> dict:
 def teacher_targets(teacher, x: torch.Tensor, t: torch.Tensor, weight: float, amp: bool) -> torch.Tensor:
     """Knowledge distillation: blend the teacher's probabilities on the same augmented input into
     the targets (before mixup/CutMix, which then mix them like any target)."""
-    with torch.no_grad(), _autocast(x.device, amp):
+    with torch.no_grad(), _eval_autocast(x.device, amp):
         probs = torch.softmax(teacher(x).float(), dim=1)
     return (1.0 - weight) * t + weight * probs
 
@@ -289,11 +237,11 @@ def fit(model, train_batches, val_batches, config, reporter, start_state: dict |
     """Train `model` and return {"history", "best", "epochs_run", "stopped_early"}.
 
     `best` = {"epoch", "val_acc", "val_loss", "model": CPU state dict of the best-val-acc weights}.
-    `config` is a FitConfig or a dict of its fields. `reporter.report(metrics, state)` is called
-    once per epoch on every rank. With `start_state` (a state from an earlier report) training
+    `config` is a config.TrainConfig (or a dict of its fields); the loop reads its training
+    settings. `reporter.report(metrics, state)` is called once per epoch on every rank. With `start_state` (a state from an earlier report) training
     continues after that state's epoch, with its optimizer, schedule, best weights and history.
     `teacher` (an eval-mode model on the same device) is needed when config.distill > 0."""
-    cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(config)
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     if cfg.distill > 0 and teacher is None:
         raise ValueError("distill > 0 needs a teacher model")
     device = next(model.parameters()).device

@@ -16,13 +16,16 @@ committed files themselves, so it cannot disagree with them.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import os
 import posixpath
+import time
 import uuid
 
 from . import storage
+from .schema import LABEL_SCHEMA, error_reason
 
 RUNS_DIR = "_runs"
 STAGING_DIR = "_staging"
@@ -201,6 +204,38 @@ def staged_parts(d: Dest, run_id: str) -> list[str]:
     return [n for n in d.ls_names(d.staging(run_id)) if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)]
 
 
+def staged_uris(d: Dest, run_id: str, parts: list[str]) -> list[str]:
+    return [d.uri_of(f"{STAGING_DIR}/{run_id}/{p}") for p in parts]
+
+
+# What must match for a staged run to be resumed rather than started afresh.
+RESUME_KEYS = ("source", "model_id", "faces")
+
+
+def start(d: Dest, info: dict, want: set) -> tuple[str, list[str], set]:
+    """open_run with the labeling rule for resuming: a staged run is resumed when it labels the
+    same source with the same model and faces mode, and every object it staged is still `want`ed
+    (an object changed since would be labeled twice). Returns (run_id, staged part names, the
+    keys of the objects those parts hold)."""
+    staged: set = set()
+
+    def resume_if(prev: dict, parts: list[str]) -> bool:
+        nonlocal staged
+        if any(prev.get(k) != info.get(k) for k in RESUME_KEYS):
+            return False
+        try:
+            got = read_keys(staged_uris(d, prev["run_id"], parts), d.uri)
+        except Exception:  # noqa: BLE001 - unreadable staging: start afresh
+            return False
+        if not got <= want:
+            return False
+        staged = got
+        return True
+
+    run_id, parts = open_run(d, info, resume_if)
+    return run_id, parts, staged if parts else set()
+
+
 def open_run(d: Dest, info: dict, resume_if=None) -> tuple[str, list[str]]:
     """Clean up after crashed runs and start (or resume) one.
 
@@ -258,6 +293,91 @@ def commit(d: Dest, run_id: str, marker: dict) -> dict:
         except OSError:
             pass
     return marker
+
+
+ROWS_PER_FILE = 500_000
+FLUSH_SECONDS = 120.0  # a crashed run loses at most this much finished work (it resumes from the rest)
+
+
+class StagingWriter:
+    """Streams result tables into part files of DEST/_staging/<run_id>/, one fixed schema.
+    A file becomes visible only complete: an S3 multipart upload completes on close; a local
+    file is written under a temporary name and renamed."""
+
+    def __init__(self, d: Dest, run_id: str, first_index: int = 0, schema=LABEL_SCHEMA,
+                 rows_per_file: int | None = None, flush_seconds: float | None = None):
+        self.d, self.run_id, self.schema = d, run_id, schema
+        self.afs, _ = storage.arrow_filesystem(d.uri)
+        self.index = first_index
+        self.rows_per_file = rows_per_file or ROWS_PER_FILE
+        self.flush_seconds = flush_seconds or FLUSH_SECONDS
+        self.writer = None
+        self.files: list[str] = []
+
+    def _open(self):
+        import pyarrow.parquet as pq
+
+        final = self.d.path(STAGING_DIR, self.run_id, part_name(self.index))
+        self.index += 1
+        if self.d.s3:
+            self.target, self.tmp = final, final
+        else:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            self.target, self.tmp = final, f"{final}.tmp-{uuid.uuid4().hex[:6]}"
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, filesystem=self.afs, compression="zstd")
+        self.rows, self.opened = 0, time.monotonic()
+
+    def write(self, table) -> None:
+        if self.writer is None:
+            self._open()
+        self.writer.write_table(table if table.schema == self.schema else table.cast(self.schema))
+        self.rows += table.num_rows
+        if self.rows >= self.rows_per_file or time.monotonic() - self.opened >= self.flush_seconds:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        if self.tmp != self.target:
+            os.replace(self.tmp, self.target)
+        self.files.append(self.target)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class Tally:
+    """What a run's rows hold: objects (rows with face_index 0), rows, labeled faces, error rows
+    and errors by reason. The commit marker is written from it."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+        self.errors = collections.Counter()
+
+    def add(self, table) -> int:
+        """Counts one table of rows; returns the objects in it."""
+        import pyarrow.compute as pc
+
+        objects = pc.sum(pc.equal(table.column("face_index"), 0)).as_py() or 0
+        err = table.column("error")
+        n_err = table.num_rows - err.null_count
+        self.counts.update(rows=table.num_rows, objects=objects, errors=n_err, labeled=table.num_rows - n_err)
+        for e in err.drop_null().to_pylist() if n_err else ():
+            self.errors[error_reason(e)] += 1
+        return objects
+
+    def add_files(self, uris: list[str], like: str) -> None:
+        import pyarrow.dataset as pads
+
+        afs, _ = storage.arrow_filesystem(like)
+        t = pads.dataset([storage.arrow_filesystem(u)[1] for u in uris], format="parquet", filesystem=afs)
+        self.add(t.to_table(columns=["face_index", "error"]))
 
 
 # ---------------------------------------------------------------- one writer at a time

@@ -18,20 +18,19 @@ per-sample collation, no object-store traffic — on 2 CPUs every cycle goes to 
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import datetime as _dt
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
-from dataclasses import MISSING, fields
 
 import torch
 
-from . import bundle, data, loop, models, placement, preprocess, quantize, storage
+from . import bundle, config, data, loop, models, placement, preprocess, quantize, storage
+from .config import TrainConfig
 from .errors import FerRayError, UsageError
 
 STATE_FILE = "state.pt"
@@ -39,43 +38,8 @@ CONFIG_FILE = "config.yaml"
 BUNDLE_DIR = "bundle"
 LOCAL_CKPT_PREFIX = "checkpoint_local_"
 
-# Run-level settings; the loop's own settings (loop.FitConfig fields) complete the config.
-RUN_DEFAULTS = {
-    "data": None,  # prepared data dir (fer-ray prepare --output), local or s3://
-    "arch": "classic",
-    "arch_args": {},
-    "workers": 2,  # Ray Train workers; 0 = one process without Ray
-    "cpus_per_worker": None,  # Ray CPUs (= torch threads) per worker; None: cluster CPUs / workers (Ray), all cores (workers 0)
-    "gpu": False,
-    "storage": "runs",  # local folder or s3:// URI; the run lives in <storage>/<name>
-    "name": None,  # None: <arch>-<timestamp>
-    "max_failures": 1,  # worker-group restarts from the last checkpoint before giving up
-    "placement_strategy": "PACK",  # how Ray places workers on nodes (STRICT_SPREAD: one per node)
-    "checkpoints_to_keep": 2,
-    "teacher": None,  # bundle (local or s3://) to distil from, with distill > 0
-    "init": None,  # bundle (local or s3://) whose weights start the run (fine-tuning); same arch + args
-    "half_weights": False,  # store the bundle's weights as fp16 (half the size; loaded back as fp32)
-}
-FIT_KEYS = tuple(f.name for f in fields(loop.FitConfig))
-KEYS = tuple(RUN_DEFAULTS) + FIT_KEYS
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
 
 # --------------------------------------------------------------------------- config
-
-
-def defaults() -> dict:
-    """Built-in defaults (lr/weight_decay None: chosen by optimizer during validation)."""
-    fit = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(loop.FitConfig)}
-    return copy.deepcopy({**RUN_DEFAULTS, **fit})
-
-
-def check_keys(values: dict, where: str) -> None:
-    if not isinstance(values, dict):
-        raise UsageError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
-    unknown = sorted(set(values) - set(KEYS))
-    if unknown:
-        raise UsageError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(KEYS)})")
 
 
 def read_config_file(path: str) -> dict:
@@ -94,13 +58,13 @@ def read_config_file(path: str) -> dict:
         raise UsageError(f"config file not found: {path}") from None
     except errors as exc:
         raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    check_keys(values, path)
+    config.check_keys(values, path)
     return values
 
 
-def run_dir(cfg: dict) -> str:
-    root = cfg["storage"] if storage.is_s3(cfg["storage"]) else os.path.abspath(cfg["storage"])
-    return storage.join(root, cfg["name"])
+def run_dir(cfg: TrainConfig) -> str:
+    root = cfg.storage if storage.is_s3(cfg.storage) else os.path.abspath(cfg.storage)
+    return storage.join(root, cfg.name)
 
 
 def _saved_config(storage_root: str, name: str) -> dict | None:
@@ -111,97 +75,72 @@ def _saved_config(storage_root: str, name: str) -> dict | None:
     return read_config_file(path)
 
 
-def resolve(file_values: dict | None = None, flags: dict | None = None) -> dict:
+def resolve(file_values: dict | None = None, flags: dict | None = None) -> TrainConfig:
     """defaults < saved config of the same run (resume) < config file < flags. Validated.
 
     `flags` holds only explicitly given values (None means not given)."""
     file_values = dict(file_values or {})
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    check_keys(file_values, "config")
-    check_keys(flags, "flags")
-    cfg = defaults()
+    config.check_keys(file_values, "config")
+    config.check_keys(flags, "flags")
     chosen = {**file_values, **flags}
-    store = chosen.get("storage", cfg["storage"])
+    store = chosen.get("storage") or TrainConfig.storage
     name = chosen.get("name")
     saved = _saved_config(store if storage.is_s3(store) else os.path.abspath(store), name) if name else None
-    if saved:
-        cfg.update(saved)
-    cfg.update(chosen)
+    values = {**(saved or {}), **chosen}
     # Ray workers do not run in this directory: local paths must be absolute
     for key in ("storage", "data"):
-        if cfg[key] and not storage.is_s3(cfg[key]):
-            cfg[key] = os.path.abspath(cfg[key])
+        if values.get(key) and not storage.is_s3(values[key]):
+            values[key] = os.path.abspath(values[key])
+    cfg = TrainConfig.from_dict(values)
     validate(cfg, saved)
     return cfg
 
 
-def validate(cfg: dict, saved: dict | None = None) -> None:
-    if not cfg.get("data"):
+def validate(cfg: TrainConfig, saved: dict | None = None) -> None:
+    """What the config alone cannot check: the data, the architecture, bundles, a GPU, a resumed run."""
+    if not cfg.data:
         raise UsageError("--data is required: the prepared data directory (fer-ray prepare --output)")
     for split in ("Training", "PublicTest"):
-        path = data.split_path(cfg["data"], split)
+        path = data.split_path(cfg.data, split)
         fs, p = storage.filesystem(path)
         if not fs.exists(p):
-            raise UsageError(f"--data {cfg['data']}: no {split} split ({path}); run `fer-ray prepare` first")
-    if cfg.get("soft_labels") and not _has_votes(cfg["data"]):
-        raise UsageError(f"--soft-labels needs FER+ votes, and {cfg['data']} has none (prepare it with the FER+ file)")
-    if cfg["arch"] not in models.names():
-        raise UsageError(f"unknown architecture {cfg['arch']!r} (choose from {', '.join(models.names())})")
-    if not isinstance(cfg["arch_args"], dict):
-        raise UsageError(f"arch args must be a JSON/YAML mapping, got {cfg['arch_args']!r}")
+            raise UsageError(f"--data {cfg.data}: no {split} split ({path}); run `fer-ray prepare` first")
+    if cfg.soft_labels and not _has_votes(cfg.data):
+        raise UsageError(f"--soft-labels needs FER+ votes, and {cfg.data} has none (prepare it with the FER+ file)")
+    if cfg.arch not in models.names():
+        raise UsageError(f"unknown architecture {cfg.arch!r} (choose from {', '.join(models.names())})")
     try:
-        models.build(cfg["arch"], **cfg["arch_args"])
+        models.build(cfg.arch, **cfg.arch_args)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"arch {cfg['arch']} does not take arch args {json.dumps(cfg['arch_args'])}: {exc}") from None
-    try:
-        fit = loop.FitConfig.from_dict(cfg)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    cfg["lr"], cfg["weight_decay"], cfg["augment"] = fit.lr, fit.weight_decay, fit.augment
-    for key in ("workers", "max_failures", "checkpoints_to_keep", "epochs", "batch_size", "seed", "patience"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
-            raise UsageError(f"{key} must be an integer, got {cfg[key]!r}")
-    if cfg["workers"] < 0:
-        raise UsageError(f"workers must be >= 0 (0 = one process without Ray), got {cfg['workers']}")
-    if cfg["max_failures"] < 0 or cfg["checkpoints_to_keep"] < 1:
-        raise UsageError("max failures must be >= 0 and checkpoints to keep >= 1")
-    if cfg.get("placement_strategy") not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-        raise UsageError(f"placement strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {cfg.get('placement_strategy')!r}")
-    if cfg["cpus_per_worker"] is not None and not (isinstance(cfg["cpus_per_worker"], int) and cfg["cpus_per_worker"] >= 1):
-        raise UsageError(f"cpus per worker must be an integer >= 1, got {cfg['cpus_per_worker']!r}")
-    if cfg["batch_size"] < max(1, cfg["workers"]):
-        raise UsageError(f"batch size {cfg['batch_size']} is smaller than the number of workers {cfg['workers']}")
-    if cfg["gpu"] and cfg["workers"] == 0 and not torch.cuda.is_available():
+        raise UsageError(f"arch {cfg.arch} does not take arch args {json.dumps(cfg.arch_args)}: {exc}") from None
+    if cfg.gpu and cfg.workers == 0 and not torch.cuda.is_available():
         raise UsageError("--gpu with --workers 0 needs a CUDA device in this process, and there is none")
-    if (cfg["distill"] > 0) != bool(cfg.get("teacher")):
-        raise UsageError("distillation needs both --teacher BUNDLE and --distill W > 0")
-    if cfg.get("teacher"):
+    if cfg.teacher:
         meta = _bundle_setting(cfg, "teacher")
         if (meta["preprocess"]["mean"], meta["preprocess"]["std"]) != (preprocess.MEAN, preprocess.STD):
             raise UsageError("--teacher normalises its input differently from this fer-ray's models")
-    if cfg.get("init"):
+    if cfg.init:
         meta = _bundle_setting(cfg, "init")
-        if (meta["arch"], meta.get("arch_args") or {}) != (cfg["arch"], cfg["arch_args"]):
-            raise UsageError(f"--init {cfg['init']} is {meta['arch']} {json.dumps(meta.get('arch_args') or {})}, "
-                             f"the run is {cfg['arch']} {json.dumps(cfg['arch_args'])}")
-    if cfg["name"] is None:
-        cfg["name"] = f"{cfg['arch']}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if not _NAME_RE.match(str(cfg["name"])):
-        raise UsageError(f"run name {cfg['name']!r}: use letters, digits, '.', '_' and '-'")
-    if saved and (saved.get("arch"), saved.get("arch_args") or {}) != (cfg["arch"], cfg["arch_args"]):
+        if (meta["arch"], meta.get("arch_args") or {}) != (cfg.arch, cfg.arch_args):
+            raise UsageError(f"--init {cfg.init} is {meta['arch']} {json.dumps(meta.get('arch_args') or {})}, "
+                             f"the run is {cfg.arch} {json.dumps(cfg.arch_args)}")
+    if cfg.name is None:
+        cfg.name = f"{cfg.arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if saved and (saved.get("arch"), saved.get("arch_args") or {}) != (cfg.arch, cfg.arch_args):
         raise UsageError(
-            f"run {cfg['name']} in {cfg['storage']} was trained with arch {saved.get('arch')} "
+            f"run {cfg.name} in {cfg.storage} was trained with arch {saved.get('arch')} "
             f"{json.dumps(saved.get('arch_args') or {})}; resume it with those or pick another --name"
         )
 
 
-def _bundle_setting(cfg: dict, key: str) -> dict:
+def _bundle_setting(cfg: TrainConfig, key: str) -> dict:
     """A bundle-valued setting (teacher, init): a shipped name or a local path becomes an absolute
     path (Ray workers run elsewhere); returns the bundle's metadata, or a one-line error."""
-    if not storage.is_s3(cfg[key]):
-        cfg[key] = os.path.abspath(bundle.resolve(cfg[key]))
+    if not storage.is_s3(getattr(cfg, key)):
+        setattr(cfg, key, os.path.abspath(bundle.resolve(getattr(cfg, key))))
     try:
-        return bundle.load(cfg[key], precision="fp32").meta
+        return bundle.load(getattr(cfg, key), precision="fp32").meta
     except FerRayError as exc:
         raise UsageError(f"--{key}: {exc}") from None
 
@@ -215,14 +154,14 @@ def _has_votes(data_dir: str) -> bool:
     return votes.null_count < len(votes)
 
 
-def save_config(cfg: dict) -> str:
+def save_config(cfg: TrainConfig) -> str:
     path = storage.join(run_dir(cfg), CONFIG_FILE)
     try:
         import yaml
 
-        text = yaml.safe_dump(cfg, sort_keys=False)
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     except ImportError:  # JSON is valid YAML: the GPU machine may lack pyyaml
-        text = json.dumps(cfg, indent=2)
+        text = json.dumps(cfg.to_dict(), indent=2)
     fs, p = storage.filesystem(path)
     if not storage.is_s3(path):  # S3 has no directories to create
         os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -244,32 +183,32 @@ def progress_line(metrics: dict, epochs: int) -> str:
     )
 
 
-def make_batches(cfg: dict, rank: int, world: int, device) -> tuple[loop.ArrayBatches, loop.ArrayBatches]:
-    train = data.load_split(cfg["data"], "Training")
-    val = data.load_split(cfg["data"], "PublicTest")
-    per_worker = max(1, cfg["batch_size"] // world)
+def make_batches(cfg: TrainConfig, rank: int, world: int, device) -> tuple[loop.ArrayBatches, loop.ArrayBatches]:
+    train = data.load_split(cfg.data, "Training")
+    val = data.load_split(cfg.data, "PublicTest")
+    per_worker = max(1, cfg.batch_size // world)
     tb = loop.ArrayBatches(
-        train.pixels, train.labels, train.votes if cfg["soft_labels"] else None, batch_size=per_worker,
-        shuffle=True, rank=rank, world=world, seed=cfg["seed"], balanced=cfg["balance"] == "sampling", device=device,
+        train.pixels, train.labels, train.votes if cfg.soft_labels else None, batch_size=per_worker,
+        shuffle=True, rank=rank, world=world, seed=cfg.seed, balanced=cfg.balance == "sampling", device=device,
     )
-    vb = loop.ArrayBatches(val.pixels, val.labels, batch_size=cfg["eval_batch_size"], rank=rank, world=world, device=device)
+    vb = loop.ArrayBatches(val.pixels, val.labels, batch_size=cfg.eval_batch_size, rank=rank, world=world, device=device)
     return tb, vb
 
 
-def build_model(cfg: dict, device) -> torch.nn.Module:
-    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank (DDP also broadcasts them)
-    model = models.build(cfg["arch"], **cfg["arch_args"])
-    if cfg.get("init"):  # a resumed run then loads its checkpoint over these
-        model.load_state_dict(bundle.load(cfg["init"], optimize=False, precision="fp32").model.state_dict())
+def build_model(cfg: TrainConfig, device) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    model = models.build(cfg.arch, **cfg.arch_args)
+    if cfg.init:  # a resumed run then loads its checkpoint over these
+        model.load_state_dict(bundle.load(cfg.init, optimize=False, precision="fp32").model.state_dict())
     return loop.to_device(model, device)
 
 
-def build_teacher(cfg: dict, device) -> torch.nn.Module | None:
-    if not cfg.get("teacher") or cfg["distill"] <= 0:
+def build_teacher(cfg: TrainConfig, device) -> torch.nn.Module | None:
+    if not cfg.teacher or cfg.distill <= 0:
         return None
     # On CPU the teacher runs int8 when calibrated: its probabilities match fp32 to ~0.01 at a
     # fraction of the cost, which matters when the teacher is an ensemble
-    b = bundle.load(cfg["teacher"], gpu=device.type == "cuda", precision="auto")
+    b = bundle.load(cfg.teacher, gpu=device.type == "cuda", precision="auto")
     return b.model.to(device).eval().requires_grad_(False)
 
 
@@ -294,29 +233,14 @@ def load_state(path: str) -> dict:
         raise FerRayError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
-def _maybe_crash(crash: dict | None, epoch: int, rank: int) -> None:
-    """Test hook: kill this process before reporting `epoch` on `rank`, once (a marker file
-    remembers). `delay_s` first: Ray Train collects reports by polling workers every 2 s, so a
-    worker that dies right after a report can take that report's checkpoint with it."""
-    if not crash or crash["epoch"] != epoch or crash.get("rank", 0) != rank:
-        return
-    marker = crash["marker"]
-    if os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write(f"crashed at epoch {epoch} rank {rank}\n")
-    time.sleep(crash.get("delay_s", 0))
-    os._exit(17)
-
-
 # --------------------------------------------------------------------------- single process
 
 
 class LocalReporter:
     """Prints progress and writes <run>/checkpoint_local_<epoch>/state.pt (local or S3)."""
 
-    def __init__(self, cfg: dict, crash: dict | None = None):
-        self.cfg, self.crash = cfg, crash
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
         self.dir = run_dir(cfg)
         self.fs, self.root = storage.filesystem(self.dir)
 
@@ -340,30 +264,29 @@ class LocalReporter:
             return load_state(local)
 
     def report(self, metrics: dict, state: dict) -> None:
-        _maybe_crash(self.crash, metrics["epoch"], 0)
-        say(progress_line(metrics, self.cfg["epochs"]))
+        say(progress_line(metrics, self.cfg.epochs))
         name = f"{LOCAL_CKPT_PREFIX}{metrics['epoch']:06d}"
         with tempfile.TemporaryDirectory() as tmp:
             _save_state(state, tmp)
             target = f"{self.root}/{name}"
             self.fs.makedirs(target, exist_ok=True)
             self.fs.put(os.path.join(tmp, STATE_FILE), f"{target}/{STATE_FILE}")
-        for _, old in self.checkpoints()[: -self.cfg["checkpoints_to_keep"]]:
+        for _, old in self.checkpoints()[: -self.cfg.checkpoints_to_keep]:
             self.fs.rm(old, recursive=True)
 
 
-def _run_local(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
-    if cfg["cpus_per_worker"]:
-        torch.set_num_threads(cfg["cpus_per_worker"])
-    device = torch.device("cuda" if cfg["gpu"] else "cpu")
+def _run_local(cfg: TrainConfig) -> tuple[dict, dict]:
+    if cfg.cpus_per_worker:
+        torch.set_num_threads(cfg.cpus_per_worker)
+    device = torch.device("cuda" if cfg.gpu else "cpu")
     torch.backends.cudnn.benchmark = True  # fixed 48x48 shapes: let cuDNN pick the fastest kernels
-    reporter = LocalReporter(cfg, crash)
+    reporter = LocalReporter(cfg)
     start = reporter.latest_state()
     if start:
-        print(f"resuming {cfg['name']} after epoch {start['epoch']}", flush=True)
+        print(f"resuming {cfg.name} after epoch {start['epoch']}", flush=True)
     tb, vb = make_batches(cfg, 0, 1, device)
     model = build_model(cfg, device)
-    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), reporter, start, build_teacher(cfg, device))
+    result = loop.fit(model, tb, vb, cfg, reporter, start, build_teacher(cfg, device))
     state = reporter.latest_state() or start
     if state is None:
         raise FerRayError("training produced no checkpoint")
@@ -376,13 +299,12 @@ def _run_local(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
 class RayReporter:
     """Every rank calls ray.train.report once per epoch; only rank 0 writes the checkpoint."""
 
-    def __init__(self, cfg: dict, rank: int, crash: dict | None = None):
-        self.cfg, self.rank, self.crash = cfg, rank, crash
+    def __init__(self, cfg: TrainConfig, rank: int):
+        self.cfg, self.rank = cfg, rank
 
     def report(self, metrics: dict, state: dict) -> None:
         import ray.train
 
-        _maybe_crash(self.crash, metrics["epoch"], self.rank)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
@@ -390,7 +312,7 @@ class RayReporter:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if self.rank == 0:
-            say(progress_line(metrics, self.cfg["epochs"]))
+            say(progress_line(metrics, self.cfg.epochs))
 
 
 def _quiet_ray_reports() -> None:
@@ -410,10 +332,10 @@ def _train_worker(loop_config: dict):
     import ray.train.torch
 
     _quiet_ray_reports()
-    cfg, crash = loop_config["config"], loop_config.get("crash")
+    cfg = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg["cpus_per_worker"])  # Ray would leave every worker 1 thread
+    torch.set_num_threads(cfg.cpus_per_worker)  # Ray would leave every worker 1 thread
     device = ray.train.torch.get_device()
     start = None
     checkpoint = ray.train.get_checkpoint()
@@ -421,40 +343,40 @@ def _train_worker(loop_config: dict):
         with checkpoint.as_directory() as d:
             start = load_state(os.path.join(d, STATE_FILE))
         if rank == 0:
-            say(f"resuming {cfg['name']} after epoch {start['epoch']}")
+            say(f"resuming {cfg.name} after epoch {start['epoch']}")
     tb, vb = make_batches(cfg, rank, world, device)
     model = ray.train.torch.prepare_model(build_model(cfg, device))
-    result = loop.fit(model, tb, vb, loop.FitConfig.from_dict(cfg), RayReporter(cfg, rank, crash), start,
+    result = loop.fit(model, tb, vb, cfg, RayReporter(cfg, rank), start,
                       build_teacher(cfg, device))
     return {"epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"]}
 
 
-def _run_ray(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
+def _run_ray(cfg: TrainConfig) -> tuple[dict, dict]:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not cfg["cpus_per_worker"]:  # default: share the cluster's CPUs evenly between the workers
+    if not cfg.cpus_per_worker:  # default: share the cluster's CPUs evenly between the workers
         if not ray.is_initialized():
             ray.init()  # what fit() would do: join the running cluster (RAY_ADDRESS / ray start) or start one
         cpus = int(ray.cluster_resources().get("CPU", 1))
         largest = placement.largest_node_cpus(ray, 1)
-        cfg = {**cfg, "cpus_per_worker": max(1, min(cpus // cfg["workers"], int(largest)))}
+        cfg = dataclasses.replace(cfg, cpus_per_worker=max(1, min(cpus // cfg.workers, int(largest))))
 
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"config": cfg, "crash": crash},
+        train_loop_config={"config": cfg},
         scaling_config=ScalingConfig(
-            num_workers=cfg["workers"],
-            use_gpu=cfg["gpu"],
-            resources_per_worker={"CPU": cfg["cpus_per_worker"]},
-            placement_strategy=cfg["placement_strategy"],
+            num_workers=cfg.workers,
+            use_gpu=cfg.gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
-            name=cfg["name"],
-            storage_path=cfg["storage"],  # s3:// works through AWS_ENDPOINT_URL; never with storage_filesystem
-            failure_config=FailureConfig(max_failures=cfg["max_failures"]),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg["checkpoints_to_keep"]),
+            name=cfg.name,
+            storage_path=cfg.storage,  # s3:// works through AWS_ENDPOINT_URL; never with storage_filesystem
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines, not one INFO per report
         ),
     )
@@ -473,43 +395,41 @@ def _run_ray(cfg: dict, crash: dict | None) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the job
 
 
-def write_bundle(cfg: dict, state: dict, summary: dict) -> tuple[str, dict]:
-    model = models.build(cfg["arch"], **cfg["arch_args"])
+def write_bundle(cfg: TrainConfig, state: dict, summary: dict) -> tuple[str, dict]:
+    model = models.build(cfg.arch, **cfg.arch_args)
     model.load_state_dict(state["best"]["model"])
     best = state["best"]
     training = {
-        **cfg,
+        **cfg.to_dict(),
         "history": state["history"],
         "best_epoch": best["epoch"],
         "epochs_completed": state["epoch"],
         "stopped_early": bool(state.get("stopped")),
         "train_time_s": round(sum(h.get("time_s", 0.0) for h in state["history"]), 2),
         "wall_time_s": summary.get("wall_time_s"),
-        "workers": cfg["workers"],
+        "workers": cfg.workers,
     }
     metrics = {"PublicTest": {"accuracy": best["val_acc"], "loss": best["val_loss"]}}
     target = storage.join(run_dir(cfg), BUNDLE_DIR)
-    checksum = data.checksum(cfg["data"])
+    checksum = data.checksum(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         local = tmp if storage.is_s3(target) else target
-        meta = bundle.save(local, model, cfg["arch"], cfg["arch_args"], training, checksum, metrics,
-                           half=bool(cfg.get("half_weights")))
+        meta = bundle.save(local, model, cfg.arch, cfg.arch_args, training, checksum, metrics,
+                           half=bool(cfg.half_weights))
         if quantize.available():  # int8 on CPU is then the default at no cost to the user
-            meta = bundle.calibrate(local, data.load_split(cfg["data"], "Training").pixels, source=cfg["data"])
+            meta = bundle.calibrate(local, data.load_split(cfg.data, "Training").pixels, source=cfg.data)
         if local != target:
             bundle.copy(local, target)
     return target, meta
 
 
-def run(cfg: dict, crash: dict | None = None) -> dict:
-    """Train with a resolve()d config. Returns a summary: bundle path, best epoch/metrics, history.
-
-    `crash` is a test hook ({"epoch", "rank", "marker"}): that rank dies once at that epoch."""
+def run(cfg: TrainConfig) -> dict:
+    """Train with a resolve()d config. Returns a summary: bundle path, best epoch/metrics, history."""
     t0 = time.perf_counter()
     save_config(cfg)
-    where = "one process" if cfg["workers"] == 0 else f"{cfg['workers']} Ray Train workers"
-    print(f"training {cfg['arch']} run {cfg['name']} on {where} -> {run_dir(cfg)}", flush=True)
-    state, summary = (_run_local if cfg["workers"] == 0 else _run_ray)(cfg, crash)
+    where = "one process" if cfg.workers == 0 else f"{cfg.workers} Ray Train workers"
+    print(f"training {cfg.arch} run {cfg.name} on {where} -> {run_dir(cfg)}", flush=True)
+    state, summary = (_run_local if cfg.workers == 0 else _run_ray)(cfg)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     target, meta = write_bundle(cfg, state, summary)
     best = state["best"]

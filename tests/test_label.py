@@ -304,17 +304,19 @@ def test_incremental_labels_only_new_and_changed(ray_local, bucket):
 def test_crash_then_rerun_labels_each_object_exactly_once(ray_local, bucket, monkeypatch):
     src, dest = f"{bucket}/in", f"{bucket}/out"
     _put(src, _images(0, 120))
-    monkeypatch.setattr(label, "ROWS_PER_FILE", 40)
+    monkeypatch.setattr(runs, "ROWS_PER_FILE", 40)
+    write = runs.StagingWriter.write
 
-    def crash(writer):
+    def write_then_crash(writer, table):
+        write(writer, table)
         if len(writer.files) >= 2:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(label, "_TEST_HOOK", crash)
+    monkeypatch.setattr(runs.StagingWriter, "write", write_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         label.run(src, dest, batch_size=20, workers=1, progress=False)
     assert runs.committed_runs(dest) == [] and runs.committed_files(dest) == []
-    monkeypatch.setattr(label, "_TEST_HOOK", None)
+    monkeypatch.setattr(runs.StagingWriter, "write", write)
     m = label.run(src, dest, batch_size=20, workers=1, progress=False)
     assert m["resumed_objects"] >= 40 and m["objects"] == 120
     t = _read(dest)
@@ -323,12 +325,32 @@ def test_crash_then_rerun_labels_each_object_exactly_once(ray_local, bucket, mon
     assert len(m["files"]) >= 3
 
 
+class DyingLabeler(labeler_mod.Labeler):
+    """The real stage, except that the first actor to rename `flag` away kills its own process
+    in the middle of a batch."""
+
+    flag = ""
+
+    def __call__(self, batch):
+        try:
+            os.rename(self.flag, f"{self.flag}.claimed")
+        except OSError:
+            return super().__call__(batch)
+        os._exit(1)
+
+
 def test_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, bucket, tmp_path, monkeypatch):
+    import sys
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this file
     src, dest = f"{bucket}/in", f"{bucket}/out"
     _put(src, _images(0, 96))
     flag = tmp_path / "die"
     flag.write_text("once")
-    monkeypatch.setattr(label, "_ACTOR_TEST_KWARGS", {"die_once": str(flag)})
+    monkeypatch.setattr(DyingLabeler, "flag", str(flag))
+    monkeypatch.setattr(label, "Labeler", DyingLabeler)
     m = label.run(src, dest, batch_size=16, workers=1, progress=False)  # the one actor dies once
     assert not flag.exists() and (tmp_path / "die.claimed").exists()  # an actor did die
     t = _read(dest)

@@ -63,10 +63,10 @@ def test_config_file_values_are_defaults_that_flags_override(prepared, tmp_path)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("epochs: 7\nbatch_size: 64\noptimizer: adamw\naugment: {rotate: 20}\nbalance: weights\n")
     cfg = train.resolve(train.read_config_file(str(cfg_file)), {"data": prepared, "epochs": 2, "storage": str(tmp_path)})
-    assert cfg["epochs"] == 2 and cfg["batch_size"] == 64 and cfg["balance"] == "weights"
-    assert cfg["lr"] == 1e-3 and cfg["weight_decay"] == 0.05  # adamw defaults
-    assert cfg["augment"]["rotate"] == 20 and cfg["augment"]["flip"] == 0.5
-    assert cfg["name"].startswith("classic-")
+    assert cfg.epochs == 2 and cfg.batch_size == 64 and cfg.balance == "weights"
+    assert cfg.lr == 1e-3 and cfg.weight_decay == 0.05  # adamw defaults
+    assert cfg.augment["rotate"] == 20 and cfg.augment["flip"] == 0.5
+    assert cfg.name.startswith("classic-")
     # the shipped example configs are valid
     examples = os.path.join(os.path.dirname(__file__), "..", "configs")
     for name in sorted(os.listdir(examples)):
@@ -213,12 +213,51 @@ def test_ray_train_two_workers_checkpoints_to_s3_and_resumes(ray_local, bucket, 
     assert len(fs.glob(f"{root}/checkpoint_*/{train.STATE_FILE}")) == 2  # checkpoints_to_keep
 
 
-def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, prepared, tmp_path):
-    marker = tmp_path / "crashed"
+def dies_once(marker: str, epoch: int, rank: int):
+    """A Ray Train worker function: the real one, except that `rank` kills its own process before
+    reporting `epoch`, once (the first to rename `marker` away dies). It sleeps first: Ray Train
+    collects reports by polling its workers every 2 s, and a worker that dies right after a
+    report can take that report's checkpoint with it."""
+
+    def worker(loop_config):
+        import time
+
+        from fer_ray import train as worker_train
+
+        real = worker_train.RayReporter.report
+
+        def report(self, metrics, state):
+            if metrics["epoch"] == epoch and self.rank == rank and _claim(marker):
+                time.sleep(5)
+                os._exit(17)
+            real(self, metrics, state)
+
+        worker_train.RayReporter.report = report
+        return worker_train._train_worker(loop_config)
+
+    return worker
+
+
+def _claim(path: str) -> bool:
+    try:
+        os.rename(path, f"{path}.claimed")
+        return True
+    except OSError:
+        return False
+
+
+def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, prepared, tmp_path, monkeypatch):
+    import sys
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
+    marker = tmp_path / "die"
+    marker.write_text("once")
+    monkeypatch.setattr(train, "_train_worker", dies_once(str(marker), epoch=2, rank=1))
     cfg = tiny(prepared, str(tmp_path / "runs"), "crashy", workers=2, epochs=2, max_failures=1)
-    # rank 1 dies (os._exit) before reporting epoch 2, once
-    result = train.run(cfg, crash={"epoch": 2, "rank": 1, "marker": str(marker), "delay_s": 5})
-    assert marker.exists()
+    result = train.run(cfg)
+    assert not marker.exists() and (tmp_path / "die.claimed").exists()  # rank 1 did die
     assert result["epochs_run"] == 1  # the retried attempt started from the epoch-1 checkpoint
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert bundle.load(result["bundle"]).meta["training"]["epochs_completed"] == 2
@@ -231,4 +270,4 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 def test_shipped_configs_are_valid(prepared, tmp_path, name):
     values = train.read_config_file(os.path.join(CONFIGS, name))
     cfg = train.resolve(values, {"data": prepared, "storage": str(tmp_path), "gpu": False})  # no GPU here
-    assert cfg["epochs"] >= 1 and models.count_params(models.build(cfg["arch"], **cfg["arch_args"])) > 0
+    assert cfg.epochs >= 1 and models.count_params(models.build(cfg.arch, **cfg.arch_args)) > 0
