@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from . import models, quantize, storage
 from .emotions import EMOTIONS
 from .errors import FerRayError
+from .inference import predict_probs
 from .preprocess import INPUT_SIZE, MEAN, STD, normalize
 
 FORMAT = "fer-ray-bundle"
@@ -66,7 +67,7 @@ class Bundle:
     @torch.no_grad()
     def predict_proba(self, pixels) -> torch.Tensor:
         self.model.eval()
-        return models.forward_probs(self.model, self.inputs(pixels))
+        return torch.from_numpy(predict_probs(self.model, self.inputs(pixels)))
 
 
 def save(
@@ -78,8 +79,13 @@ def save(
     data_checksum: str | None = None,
     metrics: dict | None = None,
     half: bool = False,
+    calibrate_on=None,
+    calibrated_from: str = "",
 ) -> dict:
-    """Write a bundle to a local directory (created). Returns its metadata."""
+    """Write a bundle to a local directory (created). Returns its metadata.
+
+    `calibrate_on`: uint8 (N,48,48) training images; when given (and this torch has the int8
+    engine) the int8 calibration is computed from the model in memory and written with it."""
     os.makedirs(directory, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -89,6 +95,11 @@ def save(
     save_file(state, weights)
     if os.path.exists(os.path.join(directory, INT8_FILE)):
         os.remove(os.path.join(directory, INT8_FILE))  # calibrated for the weights it replaced
+    int8 = None
+    if calibrate_on is not None and quantize.available():
+        stored = models.build(arch, **(arch_args or {}))
+        stored.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        int8 = _write_int8(directory, stored, calibrate_on, source=calibrated_from)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -102,6 +113,8 @@ def save(
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model_id": f"{arch}-{storage.sha256_file(weights)[:12]}",
     }
+    if int8:
+        meta["int8"] = int8
     write_meta(directory, meta)
     return meta
 
@@ -266,13 +279,9 @@ def calibrate(directory: str, pixels, samples: int = 2048, seed: int = 0, source
     uint8 (N,48,48) `pixels` (training images, never the test splits). Returns its metadata."""
     for d in members_of(directory):
         b = load(d, precision="fp32", optimize=False)
-        n = min(int(samples), len(pixels))
-        if n == 0:
-            raise ValueError("no images to calibrate on")
-        idx = np.sort(np.random.default_rng(seed).choice(len(pixels), n, replace=False))
-        size = int(b.meta["preprocess"].get("input_size", INPUT_SIZE))
-        batches = (b.inputs(pixels[idx[i:i + 256]]) for i in range(0, n, 256))
-        add_int8(d, quantize.calibrate(b.model, batches, size), {"images": n, "seed": seed, "source": source})
+        meta = read_meta(d)
+        meta["int8"] = _write_int8(d, b.model, pixels, samples, seed, source)
+        write_meta(d, meta)
     meta = read_meta(directory)
     if meta.get("members"):
         meta["int8"] = {"engine": quantize.ENGINE, "per_member": True}
@@ -298,13 +307,19 @@ def _int8_model(directory: str, meta: dict, model: torch.nn.Module) -> torch.nn.
         raise BundleError(f"bundle {directory}: bad int8 calibration: {exc}") from None
 
 
-def add_int8(directory: str, observers: dict, calibration: dict) -> dict:
-    """Store int8 observers in a local bundle; the model_id (a hash of the fp32 weights) is unchanged."""
-    save_file(observers, os.path.join(directory, INT8_FILE))
-    meta = read_meta(directory)
-    meta["int8"] = {"engine": quantize.ENGINE, "file": INT8_FILE, "calibration": calibration}
-    write_meta(directory, meta)
-    return meta
+def _write_int8(directory: str, model: torch.nn.Module, pixels, samples: int = 2048, seed: int = 0,
+                source: str = "") -> dict:
+    """Observe `model` (fp32, this bundle's preprocessing) on `samples` random rows of `pixels`;
+    writes the observers beside the weights and returns the bundle's "int8" entry. The model_id
+    (a hash of the fp32 weights) does not change."""
+    n = min(int(samples), len(pixels))
+    if n == 0:
+        raise ValueError("no images to calibrate on")
+    idx = np.sort(np.random.default_rng(seed).choice(len(pixels), n, replace=False))
+    batches = (normalize(pixels[idx[i:i + 256]], MEAN, STD) for i in range(0, n, 256))
+    model.eval()
+    save_file(quantize.calibrate(model, batches, INPUT_SIZE), os.path.join(directory, INT8_FILE))
+    return {"engine": quantize.ENGINE, "file": INT8_FILE, "calibration": {"images": n, "seed": seed, "source": source}}
 
 
 SHIPPED = ("fast", "accurate")  # bundle names under fer_ray/bundles/
@@ -340,13 +355,3 @@ def default_path(gpu: bool = False) -> str:
         if os.path.isfile(os.path.join(path, META_FILE)):
             return path
     raise BundleError("no shipped model bundle found in fer_ray/bundles; pass --model")
-
-
-def copy(src: str, dst: str) -> None:
-    """Copy a local bundle directory to a local path or s3:// URI."""
-    fs, path = storage.filesystem(dst)
-    if storage.is_s3(dst):
-        for name in os.listdir(src):
-            fs.put(os.path.join(src, name), f"{path}/{name}")
-    else:
-        shutil.copytree(src, path, dirs_exist_ok=True)

@@ -53,54 +53,16 @@ PNG_SCHEMA = PREPARED_SCHEMA.set(0, pa.field("pixels", pa.binary(), nullable=Fal
 # Prepared data: write / read (local folders or s3:// URIs)
 
 
-def _arrow_fs(directory: str):
-    """(pyarrow filesystem, base path) for an s3:// DIR; None for a local one."""
-    if storage.is_s3(directory):
-        return storage.arrow_filesystem(directory)
-    return None
-
-
 def split_path(directory: str, split: str) -> str:
-    if storage.is_s3(directory):
-        return storage.join(directory, f"{split}.parquet")
-    return os.path.join(directory, f"{split}.parquet")
-
-
-def _fs_path(directory: str, name: str):
-    """(pyarrow fs or None, path to pass with it) for DIR/name."""
-    fs = _arrow_fs(directory)
-    if fs is None:
-        return None, os.path.join(directory, name)
-    return fs[0], f"{fs[1]}/{name}"
-
-
-def _exists(directory: str, name: str) -> bool:
-    fs, path = _fs_path(directory, name)
-    if fs is None:
-        return os.path.isfile(path)
-    import pyarrow.fs as pafs
-
-    return fs.get_file_info(path).type == pafs.FileType.File
+    return storage.join(directory, f"{split}.parquet")
 
 
 def remove(directory: str, name: str) -> None:
-    if _exists(directory, name):
-        fs, path = _fs_path(directory, name)
-        if fs is None:
-            os.remove(path)
-        else:
-            fs.delete_file(path)
+    storage.remove(storage.join(directory, name))
 
 
 def write_bytes(directory: str, name: str, payload: bytes) -> None:
-    fs, path = _fs_path(directory, name)
-    if fs is None:
-        os.makedirs(directory, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(payload)
-    else:
-        with fs.open_output_stream(path) as f:
-            f.write(payload)
+    storage.write_bytes(storage.join(directory, name), payload)
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -149,12 +111,10 @@ def write_split(directory, split, pixels, labels, source_rows=None, in_training=
          pa.array(source_rows, pa.int64()), pa.array(in_training), vote_arr],
         schema=PNG_SCHEMA if png else PREPARED_SCHEMA,
     )
-    fs, path = _fs_path(directory, f"{split}.parquet")
-    if fs is None:
+    if not storage.is_s3(directory):
         os.makedirs(directory, exist_ok=True)
-        pq.write_table(table, path)
-    else:
-        pq.write_table(table, path, filesystem=fs)
+    fs, path = storage.arrow_filesystem(split_path(directory, split))
+    pq.write_table(table, path, filesystem=fs)
     return split_path(directory, split)
 
 
@@ -195,9 +155,9 @@ class Split:
 
 def load_split(directory: str, split: str) -> Split:
     path = split_path(directory, split)
-    if not _exists(directory, f"{split}.parquet"):
+    if not storage.exists(path):
         raise FerRayError(f"prepared data has no {split} split: {path} (run `fer-ray prepare` first)")
-    fs, fpath = _fs_path(directory, f"{split}.parquet")
+    fs, fpath = storage.arrow_filesystem(path)
     stored = pq.read_schema(fpath, filesystem=fs)
     png = "pixels" in stored.names and pa.types.is_binary(stored.field("pixels").type)
     return Split(pq.read_table(fpath, schema=PNG_SCHEMA if png else PREPARED_SCHEMA, filesystem=fs))
@@ -208,18 +168,13 @@ def checksum(directory: str) -> str:
     The same bytes give the same checksum locally and on S3."""
     h = hashlib.sha256()
     for split in SPLITS:
-        name = f"{split}.parquet"
-        if not _exists(directory, name):
+        path = split_path(directory, split)
+        if not storage.exists(path):
             continue
-        fs, path = _fs_path(directory, name)
-        if fs is None:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        else:
-            with fs.open_input_stream(path) as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+        fs, p = storage.filesystem(path)
+        with fs.open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -229,11 +184,4 @@ def write_summary(directory: str, summary: dict) -> None:
 
 def read_summary(directory: str) -> dict:
     """DIR/prepare.json as a dict ({} when DIR has none, e.g. data written by write_split alone)."""
-    if not _exists(directory, SUMMARY_FILE):
-        return {}
-    fs, path = _fs_path(directory, SUMMARY_FILE)
-    if fs is None:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    return storage.read_json(storage.join(directory, SUMMARY_FILE)) or {}

@@ -7,3 +7,9 @@ class FerRayError(Exception):
 
 class UsageError(FerRayError):
     """A bad command-line argument. Exit code 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): for one-line errors."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()

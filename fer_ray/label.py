@@ -19,7 +19,7 @@ import time
 
 import pyarrow as pa
 
-from . import __version__, faces as faces_mod, framing, placement, runs, storage
+from . import __version__, faces as faces_mod, framing, placement, runs
 from .errors import FerRayError
 from .labeler import INPUT_SCHEMA, Labeler
 from .sources import key, list_source, listing_digest, not_labeled

@@ -4,14 +4,13 @@ forward pass -> rows in LABEL_SCHEMA). Nothing raises out of a batch because of 
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime as _dt
-import os
 
 import numpy as np
 import pyarrow as pa
 
 from . import framing, storage
+from .inference import predict_probs
 from .emotions import EMOTIONS
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
 
@@ -19,63 +18,6 @@ INPUT_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("etag", p
 MAX_OBJECT_BYTES = 64 << 20  # larger objects are not fetched: one error row instead
 FETCH_BYTES = 64 << 20  # at most this many bytes fetched at once per batch in flight
 
-
-
-def _fetch_error(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "not found"
-    if isinstance(exc, PermissionError):
-        return "access denied"
-    if isinstance(exc, IsADirectoryError):
-        return "not a file"
-    return f"fetch failed: {type(exc).__name__}"
-
-
-class Fetcher:
-    """Bytes for many URIs at once, each a plain GET, many in flight (a thread pool).
-
-    S3 goes through one botocore client per actor (thread-safe, connection pool as large as the
-    thread pool): exactly one GetObject per object. s3fs's `cat` costs about twice the server work
-    per object (it sends extra requests) and ~2x the client CPU, which on a small machine that also
-    runs the S3 server is the difference between S3-bound and client-bound (see the README's
-    benchmark section). Failures come back as exceptions, one per URI."""
-
-    def __init__(self, threads: int = 16):
-        self.threads = max(1, int(threads))
-        self.pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
-        self._s3 = None
-
-    @property
-    def s3(self):
-        if self._s3 is None:
-            self._s3 = storage.s3_client(self.threads)
-        return self._s3
-
-    @staticmethod
-    def _read_local(path: str):
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except Exception as exc:  # noqa: BLE001 - becomes an error row
-            return exc
-
-    def _get_s3(self, uri: str):
-        bucket, key = storage.split_s3(uri)
-        try:
-            return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:  # noqa: BLE001 - becomes an error row
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NoSuchBucket"):
-                return FileNotFoundError(uri)
-            if code in ("AccessDenied", "403"):
-                return PermissionError(uri)
-            return exc
-
-    def fetch(self, uris: list[str]) -> list:
-        jobs = [self._get_s3 if storage.is_s3(u) else self._read_local for u in uris]
-        if len(uris) == 1:
-            return [jobs[0](uris[0])]
-        return list(self.pool.map(lambda ju: ju[0](ju[1]), zip(jobs, uris)))
 
 
 class Labeler:
@@ -107,7 +49,7 @@ class Labeler:
         self.size = int(self.bundle.meta["preprocess"].get("input_size", 48))
         self.classes = self.bundle.classes
         self.chunk = forward_chunk if self.device.type == "cpu" else 1024
-        self.fetcher = Fetcher(fetch_threads)
+        self.fetcher = storage.Fetcher(fetch_threads)
         self.compute = threading.Lock()  # batches fetch concurrently, but compute one at a time
         self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
 
@@ -143,7 +85,7 @@ class Labeler:
         rows = []
         for i, data in items:
             if isinstance(data, BaseException):
-                rows.append((i, 0, None, None, None, None, _fetch_error(data), None))
+                rows.append((i, 0, None, None, None, None, storage.fetch_error(data), None))
                 continue
             try:
                 width, height, crops = self._crops(data, self.faces)
@@ -160,8 +102,6 @@ class Labeler:
         good = [k for k, r in enumerate(rows) if r[5] is not None]
         probs = np.full((len(rows), len(EMOTIONS)), np.nan, np.float32)
         if good:
-            from .evaluate import predict_probs
-
             x = self.bundle.inputs(np.stack([rows[k][5] for k in good]))
             with self.torch.inference_mode():
                 probs[good] = predict_probs(self.model, x, batch_size=self.chunk, tta=self.tta)[:, self.order]

@@ -108,11 +108,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def forward_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(model(x).float(), dim=1)
-
-
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused = nn.Conv2d(

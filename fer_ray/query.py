@@ -32,7 +32,7 @@ import pyarrow as pa
 from . import runs as _runs
 from . import storage
 from .emotions import EMOTIONS
-from .errors import FerRayError, UsageError
+from .errors import FerRayError, UsageError, one_line
 from .schema import LABEL_SCHEMA, error_reason
 
 #: What `labels()` and the `table` format show unless asked for other columns.
@@ -198,7 +198,7 @@ class Output:
         `image_path`, the largest one."""
         con = _duckdb()
         con.register(_SCAN, self.dataset.replace_schema(_SCAN_SCHEMA))  # keeps files and filter
-        con.execute(f"CREATE TEMP VIEW {TABLE} AS SELECT {', '.join(_quote(n) for n in LABEL_SCHEMA.names)} "
+        con.execute(f"CREATE TEMP VIEW {TABLE} AS SELECT {', '.join(quote(n) for n in LABEL_SCHEMA.names)} "
                     f"FROM {_SCAN}")
         con.register(RUNS_TABLE, runs_table(self.runs))
         # the labeling job's own grouping of error texts into reasons (as in the markers' counts)
@@ -277,7 +277,7 @@ def _read_markers(dest: str) -> list[dict]:
     except FerRayError:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore's NoCredentialsError, EndpointConnectionError...
-        raise FerRayError(f"cannot read {dest}: {_one_line(exc)}") from None
+        raise FerRayError(f"cannot read {dest}: {one_line(exc)}") from None
 
 
 def _explain_no_runs(dest: str) -> None:
@@ -291,7 +291,7 @@ def _explain_no_runs(dest: str) -> None:
         except FileNotFoundError:
             raise FerRayError(f"no such bucket: s3://{bucket}") from None
         except PermissionError as exc:
-            raise FerRayError(f"access denied to s3://{bucket}: {_one_line(exc)}") from None
+            raise FerRayError(f"access denied to s3://{bucket}: {one_line(exc)}") from None
         if "/" in root and not fs.exists(root):
             raise FerRayError(f"no labeling output at {dest}: nothing under that prefix")
     elif not fs.exists(root):
@@ -310,7 +310,7 @@ def _dataset(dest: str, files: list[str]):
     try:
         return pads.dataset(paths, schema=LABEL_SCHEMA, format="parquet", filesystem=afs)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise FerRayError(f"cannot read the labeling output in {dest}: {_one_line(exc)}") from None
+        raise FerRayError(f"cannot read the labeling output in {dest}: {one_line(exc)}") from None
 
 
 def runs_table(markers: list[dict]) -> pa.Table:
@@ -349,11 +349,6 @@ def _duckdb():
     return con
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
-
-
 def execute(out: Output, query: str, params=None) -> pa.RecordBatchReader:
     """Run SQL on `out` and stream the result as Arrow record batches."""
     import duckdb
@@ -365,20 +360,20 @@ def execute(out: Output, query: str, params=None) -> pa.RecordBatchReader:
             return pa.RecordBatchReader.from_batches(pa.schema([]), [])
         return rel.to_arrow_reader(65536)
     except duckdb.Error as exc:
-        raise FerRayError(f"SQL error: {_one_line(exc)}") from None
+        raise FerRayError(f"SQL error: {one_line(exc)}") from None
     except OSError as exc:
-        raise FerRayError(f"cannot read {out.dest}: {_one_line(exc)}") from None
+        raise FerRayError(f"cannot read {out.dest}: {one_line(exc)}") from None
 
 
-def _read_all(reader: pa.RecordBatchReader, limit: int | None = None) -> pa.Table:
+def read_all(reader: pa.RecordBatchReader, limit: int | None = None) -> pa.Table:
     import duckdb
 
     try:
         batches = list(take(reader, limit))
     except duckdb.Error as exc:
-        raise FerRayError(f"SQL error: {_one_line(exc)}") from None
+        raise FerRayError(f"SQL error: {one_line(exc)}") from None
     except OSError as exc:
-        raise FerRayError(f"cannot read the labeling output: {_one_line(exc)}") from None
+        raise FerRayError(f"cannot read the labeling output: {one_line(exc)}") from None
     return pa.Table.from_batches(batches, schema=reader.schema)
 
 
@@ -402,7 +397,7 @@ def _frame(table: pa.Table, arrow: bool):
 # ------------------------------------------------------------------------------------ listing
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -438,9 +433,9 @@ def listing_sql(columns: list[str], sort: str | None = None, limit: int | None =
     order, col = [], None
     if sort:
         col, desc = parse_sort(sort)
-        order.append(f"{_quote(col)} {'DESC' if desc else 'ASC'} NULLS LAST")
-    order += [_quote(c) for c in DEFAULT_ORDER if c != col]
-    q = f"SELECT {', '.join(_quote(c) for c in columns)} FROM {TABLE} ORDER BY {', '.join(order)}"
+        order.append(f"{quote(col)} {'DESC' if desc else 'ASC'} NULLS LAST")
+    order += [quote(c) for c in DEFAULT_ORDER if c != col]
+    q = f"SELECT {', '.join(quote(c) for c in columns)} FROM {TABLE} ORDER BY {', '.join(order)}"
     if limit is not None:
         q += f" LIMIT {int(limit)}"
     return q
@@ -454,7 +449,7 @@ def labels(dest, columns=None, sort: str | None = None, limit: int | None = None
     filters: emotion, min_confidence, max_confidence, run, path_glob, errors_only."""
     out = open(dest, **filters)
     q = listing_sql(columns_of(columns), sort, limit)
-    return _frame(_read_all(execute(out, q)), arrow)
+    return _frame(read_all(execute(out, q)), arrow)
 
 
 def sql(dest, query: str, arrow: bool = False, **filters):
@@ -463,7 +458,7 @@ def sql(dest, query: str, arrow: bool = False, **filters):
     if not query or not query.strip():
         raise UsageError("empty SQL query")
     out = open(dest, **filters)
-    return _frame(_read_all(execute(out, query)), arrow)
+    return _frame(read_all(execute(out, query)), arrow)
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -485,7 +480,7 @@ def summary(dest, examples: int = 3, **filters) -> dict:
     qs = list(QUANTILES)
 
     # 1. rows / images / errors, per run and overall
-    t = _read_all(execute(out, f"""
+    t = read_all(execute(out, f"""
         SELECT run_id, GROUPING(run_id) AS g, count(*) AS rows, count(DISTINCT image_path) AS images,
                count(error) AS errors
         FROM {TABLE} GROUP BY GROUPING SETS ((run_id), ())""")).to_pylist()
@@ -493,14 +488,14 @@ def summary(dest, examples: int = 3, **filters) -> dict:
     per_run = {r["run_id"]: r for r in t if not r["g"]}
 
     # 2. emotions: count and confidence quantiles, per run and overall
-    t = _read_all(execute(out, f"""
+    t = read_all(execute(out, f"""
         SELECT run_id, label, GROUPING(run_id) AS g_run, GROUPING(label) AS g_label, count(*) AS n,
                quantile_cont(confidence, {qs}) AS q
         FROM {TABLE} WHERE error IS NULL AND label IS NOT NULL
         GROUP BY GROUPING SETS ((run_id, label), (label), (run_id), ())""")).to_pylist()
 
     # 3. errors by reason with a few example paths, per run and overall
-    t3 = _read_all(execute(out, f"""
+    t3 = read_all(execute(out, f"""
         SELECT run_id, error_reason(error) AS reason, GROUPING(run_id) AS g, count(*) AS n,
                list(DISTINCT image_path ORDER BY image_path)[1:{int(examples)}] AS examples
         FROM {TABLE} WHERE error IS NOT NULL
@@ -571,7 +566,7 @@ def format_summary(s: dict) -> str:
     """The summary as text for a terminal."""
     lines = [f"labeling output: {s['dest']}"]
     if s["filters"]:
-        lines.append("filters: " + ", ".join(f"{k}={_fmt_filter(v)}" for k, v in s["filters"].items()))
+        lines.append("filters: " + ", ".join(f"{k}={fmt_filter(v)}" for k, v in s["filters"].items()))
     n_runs = len(s["runs"])
     lines.append(
         f"runs: {n_runs}   rows: {s['rows']:,}   images: {s['images']:,}   labeled: {s['labeled']:,}   "
@@ -603,7 +598,7 @@ def format_summary(s: dict) -> str:
         lines.append(head)
         for r in s["runs"]:
             lines.append(
-                f"{r['run_id']:<26} {_when(r['finished_at']):<20} {r['rows']:>9,} {r['images']:>9,} "
+                f"{r['run_id']:<26} {when(r['finished_at']):<20} {r['rows']:>9,} {r['images']:>9,} "
                 f"{r['errors']:>7,} " + " ".join(f"{r['emotions'].get(e, 0):>8,}" for e in emos)
             )
         models = {r["model_id"] for r in s["runs"]}
@@ -613,11 +608,11 @@ def format_summary(s: dict) -> str:
         r = s["runs"][0]
         lines.append("")
         lines.append(f"run {r['run_id']}: model {r['model_id']}, source {r['source']}, "
-                     f"finished {_when(r['finished_at'])} UTC")
+                     f"finished {when(r['finished_at'])} UTC")
     return "\n".join(lines)
 
 
-def _when(ts) -> str:
+def when(ts) -> str:
     """ISO time -> 'YYYY-MM-DD HH:MM:SS' in UTC (as written by the job) for narrow columns."""
     if not ts:
         return ""
@@ -632,5 +627,5 @@ def _when(ts) -> str:
         return str(ts)[:19]
 
 
-def _fmt_filter(v) -> str:
+def fmt_filter(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)

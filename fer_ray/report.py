@@ -23,7 +23,7 @@ import os
 from . import query as Q
 from . import storage
 from .emotions import EMOTIONS
-from .errors import FerRayError
+from .errors import FerRayError, one_line
 
 COLORS = {
     "angry": "#d62728", "disgust": "#6b8e23", "fear": "#9467bd", "happy": "#f2a900",
@@ -43,7 +43,7 @@ def _color(emotion: str) -> str:
 
 def confidence_histogram(out: Q.Output, bins: int = HIST_BINS) -> dict[str, list[int]]:
     """{emotion: counts in `bins` equal bins over [0, 1]}, computed in DuckDB (no rows loaded)."""
-    rows = Q._read_all(Q.execute(out, f"""
+    rows = Q.read_all(Q.execute(out, f"""
         SELECT label, least(CAST(floor(confidence * {bins}) AS INTEGER), {bins - 1}) AS b, count(*) AS n
         FROM {Q.TABLE} WHERE error IS NULL AND label IS NOT NULL AND confidence IS NOT NULL
         GROUP BY ALL""")).to_pylist()
@@ -60,8 +60,8 @@ def extremes(out: Q.Output, n: int) -> dict[str, dict[str, list[dict]]]:
     if n <= 0:
         return {}
     fields = ["image_path", "face_index", "confidence", "box_x", "box_y", "box_w", "box_h", "run_id"]
-    row = "{" + ", ".join(f"'{f}': {Q._quote(f)}" for f in fields) + "}"
-    rows = Q._read_all(Q.execute(out, f"""
+    row = "{" + ", ".join(f"'{f}': {Q.quote(f)}" for f in fields) + "}"
+    rows = Q.read_all(Q.execute(out, f"""
         SELECT label, max_by({row}, confidence, {int(n)}) AS high, min_by({row}, confidence, {int(n)}) AS low
         FROM {Q.TABLE} WHERE error IS NULL AND label IS NOT NULL AND confidence IS NOT NULL
         GROUP BY label""")).to_pylist()
@@ -76,28 +76,11 @@ def extremes(out: Q.Output, n: int) -> dict[str, dict[str, list[dict]]]:
 
 def fetch_images(uris: list[str]) -> dict[str, bytes | Exception]:
     """Bytes of each image (or the exception), S3 objects fetched concurrently in one call."""
-    got: dict[str, bytes | Exception] = {}
-    s3 = [u for u in uris if storage.is_s3(u)]
-    if s3:
-        try:
-            fs, _ = storage.filesystem(s3[0])
-            keys = {u.split("://", 1)[1]: u for u in s3}
-            res = fs.cat(list(keys), on_error="return")
-            for k, u in keys.items():
-                got[u] = res.get(k, FileNotFoundError(u))
-        except Exception as exc:  # noqa: BLE001 - no thumbnails is not worth failing the report
-            got.update({u: exc for u in s3})
-    for u in uris:
-        if u in got:
-            continue
-        try:
-            fs, path = storage.filesystem(u)
-            if fs.size(path) > MAX_THUMB_BYTES:
-                raise ValueError("too large for a thumbnail")
-            with fs.open(path, "rb") as f:
-                got[u] = f.read()
-        except Exception as exc:  # noqa: BLE001
-            got[u] = exc
+    uris = list(dict.fromkeys(uris))
+    got = dict(zip(uris, storage.Fetcher(16).fetch(uris)))
+    for u, data in got.items():
+        if isinstance(data, bytes) and len(data) > MAX_THUMB_BYTES:
+            got[u] = ValueError("too large for a thumbnail")
     return got
 
 
@@ -316,12 +299,9 @@ def _thumbs_html(ex: dict, images: dict) -> str:
 
 
 def _why(exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "not found"
-    if isinstance(exc, PermissionError):
-        return "access denied"
-    text = Q._one_line(exc)
-    return text[:60]
+    if isinstance(exc, OSError):
+        return storage.fetch_error(exc)
+    return one_line(exc)[:60]
 
 
 def build(dest, out_html: str, thumbs: int = 4, title: str | None = None, **filters) -> dict:
@@ -370,7 +350,7 @@ def build(dest, out_html: str, thumbs: int = 4, title: str | None = None, **filt
         with open(out_html, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as exc:
-        raise FerRayError(f"cannot write the report to {out_html}: {Q._one_line(exc)}") from None
+        raise FerRayError(f"cannot write the report to {out_html}: {one_line(exc)}") from None
     return {"html": out_html, "pngs": pngs, "summary": s}
 
 
@@ -387,7 +367,7 @@ def render(s: dict, charts: dict[str, bytes], ex: dict, images: dict, thumbs: in
                          for k, v in cards)
     filt = ""
     if s["filters"]:
-        text = ", ".join(f"{k}={Q._fmt_filter(v)}" for k, v in s["filters"].items())
+        text = ", ".join(f"{k}={Q.fmt_filter(v)}" for k, v in s["filters"].items())
         filt = f'<p class="sub">filters: {_e(text)}</p>'
 
     emo_rows = [[
@@ -406,7 +386,7 @@ def render(s: dict, charts: dict[str, bytes], ex: dict, images: dict, thumbs: in
         err_html = '<p class="none">No errors: every image was labeled.</p>'
 
     run_rows = [[
-        _td(_e(r["run_id"]), cls="path"), _td(_e(Q._when(r["started_at"]))), _td(_e(Q._when(r["finished_at"]))),
+        _td(_e(r["run_id"]), cls="path"), _td(_e(Q.when(r["started_at"]))), _td(_e(Q.when(r["finished_at"]))),
         _td(_e(r["model_id"]), cls="path"), _td(_e(r["source"]), cls="path"),
         _td(_num(r["rows"]), True), _td(_num(r["images"]), True), _td(_num(r["errors"]), True),
     ] for r in s["runs"]]

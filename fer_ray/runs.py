@@ -82,51 +82,19 @@ class Dest:
     def run_dir(self, run_id: str) -> str:
         return self.path(f"{RUN_PREFIX}{run_id}")
 
-    # -- small fs helpers that behave the same on local disk and S3
+    # -- files under DEST, through the one storage layer (paths as `path()` gives them)
     def ls_names(self, path: str) -> list[str]:
-        try:
-            entries = self.fs.ls(path, detail=False, refresh=True) if self.s3 else self.fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return []
-        return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+        return storage.ls_names(storage.to_uri(path, self.uri))
 
     def read_json(self, path: str) -> dict | None:
-        try:
-            with self.fs.open(path, "rb") as f:
-                return json.loads(f.read().decode())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return None
+        return storage.read_json(storage.to_uri(path, self.uri))
 
     def write_json(self, path: str, obj: dict) -> None:
-        """Write whole-or-nothing: a PUT on S3; write-then-rename on local disk."""
-        data = json.dumps(obj, indent=2, sort_keys=True).encode()
-        if self.s3:
-            self.fs.pipe_file(path, data)
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Whole or nothing: a PUT on S3; write-then-rename on local disk."""
+        storage.write_json(storage.to_uri(path, self.uri), obj)
 
     def rm(self, path: str) -> None:
-        try:
-            if self.s3:
-                self.fs.rm(path, recursive=True)
-            elif os.path.isdir(path):
-                import shutil
-
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.remove(path)
-        except FileNotFoundError:
-            pass
-        if self.s3:
-            self.fs.invalidate_cache()
+        storage.remove(storage.to_uri(path, self.uri))
 
 
 # ---------------------------------------------------------------- readers' view

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import framing
-from .evaluate import predict_probs
+from .inference import predict_probs
 
 SHIFTS = {
     "clean": ("none", 0),

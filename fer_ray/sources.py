@@ -64,11 +64,8 @@ def _manifest_infos(uris: list[str]) -> list[storage.ObjectInfo]:
         for info in entries:
             if info.get("type") == "directory":
                 continue
-            etag = info.get("ETag") or info.get("etag")
-            if etag is None:
-                etag = str(info.get("mtime_ns") or int(float(info.get("mtime", 0)) * 1e9))
             u = storage.to_uri(info["name"], parent)
-            known[u] = storage.ObjectInfo(u, int(info.get("size") or 0), str(etag).strip('"'))
+            known[u] = storage.object_info(u, info)
     return [known.get(u) or storage.ObjectInfo(u, -1, "") for u in uris]
 
 

@@ -1,4 +1,8 @@
-"""URIs -> filesystems. Local paths, file:// and s3:// (AWS or any S3-compatible endpoint).
+"""The one storage layer: local paths, file:// and s3:// (AWS or any S3-compatible endpoint).
+
+Every module reads and writes files through here: exists, read/write bytes and JSON (whole or
+nothing), put a local folder, remove, list objects with their ETag. Filesystems are built once
+per root: fsspec caches its S3 filesystem per settings, the pyarrow one is cached below.
 
 S3 settings come from the standard AWS chain: AWS_ENDPOINT_URL (for MinIO, moto, Ceph...),
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, profiles or instance roles.
@@ -6,9 +10,14 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, profiles or insta
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
+import json
 import os
 import posixpath
+import shutil
+import uuid
 from dataclasses import dataclass
 
 import fsspec
@@ -62,18 +71,25 @@ def arrow_filesystem(uri: str):
 
     uri = str(uri)
     if is_s3(uri):
-        kwargs = {}
-        endpoint = endpoint_url()
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host, scheme=scheme or "https")
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1].rstrip("/")
+        return _arrow_s3(endpoint_url(), region), uri.split("://", 1)[1].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+@functools.lru_cache(maxsize=8)
+def _arrow_s3(endpoint: str | None, region: str | None):
+    """One pyarrow S3 filesystem per endpoint and region (building one resolves credentials)."""
+    import pyarrow.fs as pafs
+
+    kwargs = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host, scheme=scheme or "https")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
 
 
 def to_uri(fs_path: str, like: str) -> str:
@@ -94,6 +110,163 @@ def join(uri: str, *parts: str) -> str:
     if is_s3(uri):
         return posixpath.join(str(uri).rstrip("/"), *parts)
     return os.path.join(uri, *parts)
+
+
+# ---------------------------------------------------------------- whole files
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object; FileNotFoundError when there is none."""
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Whole or nothing: one PUT on S3; on local disk a temporary file, fsync, rename."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(uri: str) -> dict | None:
+    """The JSON object stored at `uri`; None when there is none or it is not a JSON object."""
+    try:
+        value = json.loads(read_bytes(uri).decode())
+    except (FileNotFoundError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(uri: str, obj) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def put_folder(local: str, uri: str) -> None:
+    """Copy a local folder (sub-folders included) to a local path or an s3:// prefix."""
+    fs, path = filesystem(uri)
+    if not is_s3(uri):
+        shutil.copytree(local, path, dirs_exist_ok=True)
+        return
+    for folder, _, names in os.walk(local):
+        rel = os.path.relpath(folder, local)
+        for name in sorted(names):
+            fs.put_file(os.path.join(folder, name), posixpath.normpath(posixpath.join(path, rel, name)))
+
+
+def remove(uri: str) -> None:
+    """A file or a folder/prefix with everything under it; nothing when it does not exist."""
+    fs, path = filesystem(uri)
+    try:
+        if not is_s3(uri):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+            return
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    finally:
+        if is_s3(uri):
+            fs.invalidate_cache()
+
+
+def ls_names(uri: str) -> list[str]:
+    """Names directly under a folder/prefix, sorted; [] when it does not exist. Fresh on S3."""
+    fs, path = filesystem(uri)
+    try:
+        entries = fs.ls(path, detail=False, refresh=True) if is_s3(uri) else fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+
+
+# ---------------------------------------------------------------- many objects at once
+
+
+def fetch_error(exc: BaseException) -> str:
+    """Why an object could not be fetched, in the words of an error row."""
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, PermissionError):
+        return "access denied"
+    if isinstance(exc, IsADirectoryError):
+        return "not a file"
+    return f"fetch failed: {type(exc).__name__}"
+
+
+class Fetcher:
+    """Bytes for many URIs at once, each a plain GET, many in flight (a thread pool): how every
+    consumer (labeling actors, `predict`, report thumbnails) reads images.
+
+    S3 goes through one botocore client per fetcher (thread-safe, connection pool as large as the
+    thread pool): exactly one GetObject per object. s3fs's `cat` costs about twice the server work
+    per object (it sends extra requests) and ~2x the client CPU, which on a small machine that also
+    runs the S3 server is the difference between S3-bound and client-bound (see
+    docs/benchmarks.md). Failures come back as exceptions, one per URI."""
+
+    def __init__(self, threads: int = 16):
+        self.threads = max(1, int(threads))
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="fetch")
+        self._s3 = None
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            self._s3 = s3_client(self.threads)
+        return self._s3
+
+    @staticmethod
+    def _read_local(path: str):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except Exception as exc:  # noqa: BLE001 - becomes an error row
+            return exc
+
+    def _get_s3(self, uri: str):
+        bucket, key = split_s3(uri)
+        try:
+            return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:  # noqa: BLE001 - becomes an error row
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                return FileNotFoundError(uri)
+            if code in ("AccessDenied", "403"):
+                return PermissionError(uri)
+            return exc
+
+    def fetch(self, uris: list[str]) -> list:
+        jobs = [self._get_s3 if is_s3(u) else self._read_local for u in uris]
+        if len(uris) == 1:
+            return [jobs[0](uris[0])]
+        return list(self.pool.map(lambda ju: ju[0](ju[1]), zip(jobs, uris)))
+
+
+# ---------------------------------------------------------------- listings
+
+
+def object_info(uri: str, info: dict) -> "ObjectInfo":
+    """The one ETag rule: S3's ETag without its quotes; for a local file its mtime in ns, which
+    changes whenever the content is replaced."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag is None:
+        etag = str(info.get("mtime_ns") or int(float(info.get("mtime", 0)) * 1e9))
+    return ObjectInfo(uri, int(info.get("size") or 0), str(etag).strip('"'))
 
 
 @dataclass(frozen=True)
@@ -118,8 +291,5 @@ def list_objects(uri: str, extensions=IMAGE_EXTENSIONS) -> list[ObjectInfo]:
             continue
         if extensions and not path.lower().endswith(tuple(extensions)):
             continue
-        etag = info.get("ETag") or info.get("etag")
-        if etag is None:
-            etag = str(info.get("mtime_ns") or int(float(info.get("mtime", 0)) * 1e9))
-        out.append(ObjectInfo(to_uri(path, uri), int(info.get("size") or 0), str(etag).strip('"')))
+        out.append(object_info(to_uri(path, uri), info))
     return sorted(out, key=lambda o: o.uri)

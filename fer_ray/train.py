@@ -69,10 +69,7 @@ def run_dir(cfg: TrainConfig) -> str:
 
 def _saved_config(storage_root: str, name: str) -> dict | None:
     path = storage.join(storage_root, name, CONFIG_FILE)
-    fs, p = storage.filesystem(path)
-    if not fs.exists(p):
-        return None
-    return read_config_file(path)
+    return read_config_file(path) if storage.exists(path) else None
 
 
 def resolve(file_values: dict | None = None, flags: dict | None = None) -> TrainConfig:
@@ -103,8 +100,7 @@ def validate(cfg: TrainConfig, saved: dict | None = None) -> None:
         raise UsageError("--data is required: the prepared data directory (fer-ray prepare --output)")
     for split in ("Training", "PublicTest"):
         path = data.split_path(cfg.data, split)
-        fs, p = storage.filesystem(path)
-        if not fs.exists(p):
+        if not storage.exists(path):
             raise UsageError(f"--data {cfg.data}: no {split} split ({path}); run `fer-ray prepare` first")
     if cfg.soft_labels and not _has_votes(cfg.data):
         raise UsageError(f"--soft-labels needs FER+ votes, and {cfg.data} has none (prepare it with the FER+ file)")
@@ -162,11 +158,7 @@ def save_config(cfg: TrainConfig) -> str:
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     except ImportError:  # JSON is valid YAML: the GPU machine may lack pyyaml
         text = json.dumps(cfg.to_dict(), indent=2)
-    fs, p = storage.filesystem(path)
-    if not storage.is_s3(path):  # S3 has no directories to create
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-    with fs.open(p, "w") as f:
-        f.write(text)
+    storage.write_bytes(path, text.encode())
     return path
 
 
@@ -414,12 +406,12 @@ def write_bundle(cfg: TrainConfig, state: dict, summary: dict) -> tuple[str, dic
     checksum = data.checksum(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         local = tmp if storage.is_s3(target) else target
+        # calibrated for int8 here: int8 on CPU is then the default at no cost to the user
+        pixels = data.load_split(cfg.data, "Training").pixels if quantize.available() else None
         meta = bundle.save(local, model, cfg.arch, cfg.arch_args, training, checksum, metrics,
-                           half=bool(cfg.half_weights))
-        if quantize.available():  # int8 on CPU is then the default at no cost to the user
-            meta = bundle.calibrate(local, data.load_split(cfg.data, "Training").pixels, source=cfg.data)
+                           half=cfg.half_weights, calibrate_on=pixels, calibrated_from=cfg.data)
         if local != target:
-            bundle.copy(local, target)
+            storage.put_folder(local, target)
     return target, meta
 
 

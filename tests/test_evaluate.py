@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fer_ray import bundle, cli, data, models
+from fer_ray import bundle, cli, data, models, storage
 from fer_ray import evaluate as ev
+from fer_ray import inference
 from fer_ray.emotions import EMOTIONS
 from conftest import face_like
 
@@ -100,7 +101,7 @@ def _model(seed=0):
 
 def test_tta_views_shape_and_content():
     x = torch.randn(3, 1, 48, 48)
-    v = ev.tta_views(x)
+    v = inference.tta_views(x)
     assert v.shape == (10, 3, 1, 48, 48)
     assert torch.equal(v[0], x)  # the image itself
     assert torch.equal(v[5], x.flip(-1))  # and its mirror
@@ -112,23 +113,23 @@ def test_tta_is_flip_invariant_and_per_sample():
     flip(x) agree for ANY model, while plain predictions do not (which shows the test has teeth)."""
     model = _model()
     x = (torch.as_tensor(np.stack([face_like(i) for i in range(4)])).float().unsqueeze(1) / 255 - 0.5) / 0.25
-    plain, plain_flip = ev.predict_probs(model, x), ev.predict_probs(model, x.flip(-1))
+    plain, plain_flip = inference.predict_probs(model, x), inference.predict_probs(model, x.flip(-1))
     assert np.abs(plain - plain_flip).max() > 0.01
-    tta, tta_flip = ev.predict_probs(model, x, tta=True), ev.predict_probs(model, x.flip(-1), tta=True)
+    tta, tta_flip = inference.predict_probs(model, x, tta=True), inference.predict_probs(model, x.flip(-1), tta=True)
     assert tta.shape == (4, 7)
     assert np.allclose(tta.sum(1), 1, atol=1e-5)
     assert np.allclose(tta, tta_flip, atol=1e-5)
     assert np.abs(tta - plain).max() > 0.01
     # batching never mixes samples: a batch of 4 in chunks of 3 equals each sample alone
-    alone = np.concatenate([ev.predict_probs(model, x[i : i + 1], tta=True) for i in range(4)])
-    assert np.allclose(ev.predict_probs(model, x, batch_size=3, tta=True), alone, atol=1e-5)
+    alone = np.concatenate([inference.predict_probs(model, x[i : i + 1], tta=True) for i in range(4)])
+    assert np.allclose(inference.predict_probs(model, x, batch_size=3, tta=True), alone, atol=1e-5)
 
 
 def test_tta_of_a_constant_image_equals_the_plain_prediction():
     """Every view of a constant image is the same constant image (no zero padding leaks in)."""
     model = _model(1)
     x = torch.full((2, 1, 48, 48), 0.7)
-    assert np.allclose(ev.predict_probs(model, x, tta=True), ev.predict_probs(model, x), atol=1e-6)
+    assert np.allclose(inference.predict_probs(model, x, tta=True), inference.predict_probs(model, x), atol=1e-6)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -242,7 +243,7 @@ def test_evaluate_bundle_and_output_on_s3(tiny, bucket, capsys):
     import s3fs
 
     bdir, ddir, meta, *_ = tiny
-    bundle.copy(bdir, f"{bucket}/models/tiny")
+    storage.put_folder(bdir, f"{bucket}/models/tiny")
     out = f"{bucket}/reports/tiny"
     assert cli.main(["evaluate", "--model", f"{bucket}/models/tiny", "--data", ddir, "--out", out]) == 0
     assert "not recorded" in capsys.readouterr().out

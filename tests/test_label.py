@@ -119,10 +119,8 @@ def _check_expectations(rows_by_name, cat):
 
 
 def test_tta_labels_with_the_mean_over_ten_views(tmp_path):
-    """--tta: each face's probabilities are the mean over evaluate.tta_views, not the single view."""
-    import torch
-
-    from fer_ray import bundle, evaluate
+    """--tta: each face's probabilities are the mean over inference.tta_views, not the single view."""
+    from fer_ray import bundle, inference
 
     paths = []
     for i in range(3):
@@ -133,7 +131,7 @@ def test_tta_labels_with_the_mean_over_ten_views(tmp_path):
     plain = labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", faces="crop")(_batch(paths))
     tta = labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", faces="crop", tta=True)(_batch(paths))
     px = np.stack([face_like(i) for i in range(3)])
-    want = evaluate.predict_probs(b.model, b.inputs(px), tta=True)
+    want = inference.predict_probs(b.model, b.inputs(px), tta=True)
     got = np.stack([tta.column(c).to_numpy() for c in PROB_COLUMNS], 1)
     single = np.stack([plain.column(c).to_numpy() for c in PROB_COLUMNS], 1)
     assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, single, atol=1e-4)

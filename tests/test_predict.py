@@ -83,7 +83,7 @@ def test_predict_missing_file_is_a_per_file_error(tiny_bundle, images, tmp_path,
     assert cli.main(["predict", missing, images["png"], "--model", tiny_bundle]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith(images["png"])
-    assert captured.err.strip() == f"error: {missing}: no such file"
+    assert captured.err.strip() == f"error: {missing}: not found"
 
 
 def test_predict_show_writes_a_png(tiny_bundle, images, tmp_path, capsys):

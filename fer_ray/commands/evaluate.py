@@ -50,12 +50,6 @@ def add_arguments(p) -> None:
     p.add_argument("--no-record", action="store_true", help="do not write the metrics into the bundle's bundle.json")
 
 
-def _put_dir(local: str, uri: str) -> None:
-    fs, path = storage.filesystem(uri)
-    for name in sorted(os.listdir(local)):
-        fs.put(os.path.join(local, name), f"{path}/{name}")
-
-
 def record_in_bundle(directory: str, key: str, summary: dict) -> dict:
     """Store `summary` under meta["metrics"][key] of a local bundle; the model_id is untouched.
     A result measured on other data (another checksum) is never overwritten: returns None then."""
@@ -162,7 +156,7 @@ def run(args) -> int:
         json.dump(report, f, indent=2)
     suite = _shift_suite(args, b, split, local_out, checksum, now) if args.shifts else None
     if remote:
-        _put_dir(local_out, out)
+        storage.put_folder(local_out, out)
         shutil.rmtree(local_out, ignore_errors=True)
 
     recorded = []

@@ -13,7 +13,7 @@ import torch
 
 from .. import bundle as bundle_mod
 from .. import evaluate as ev
-from .. import framing, preprocess, storage
+from .. import framing, inference, preprocess, storage
 from ..errors import FerRayError, UsageError
 
 HELP = "predict the emotion of face images (local paths, directories or s3:// URIs)"
@@ -59,24 +59,13 @@ def expand(uris: list[str]) -> list[str]:
     return out
 
 
-def read_bytes(uri: str) -> bytes:
-    fs, path = storage.filesystem(uri)
-    if fs.isdir(path):
-        raise preprocess.DecodeError("is a directory")
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        raise preprocess.DecodeError("no such file") from None
-    except PermissionError:
-        raise preprocess.DecodeError("permission denied") from None
-    except OSError as exc:
-        raise preprocess.DecodeError(f"cannot read: {exc.strerror or type(exc).__name__}") from None
-
-
-def load_item(uri: str, mode: str) -> Item:
+def load_item(uri: str, data, mode: str) -> Item:
+    """`data`: the bytes storage.Fetcher got, or its exception."""
     item = Item(uri)
     try:
-        item.image = preprocess.decode(read_bytes(uri))
+        if isinstance(data, BaseException):
+            raise preprocess.DecodeError(storage.fetch_error(data))
+        item.image = preprocess.decode(data)
         found = framing.faces(item.image, mode)
     except preprocess.DecodeError as exc:
         item.error = str(exc)
@@ -158,10 +147,11 @@ def run(args) -> int:
     device = _device(args.gpu)
     model = b.model.to(device)
 
-    items = [load_item(uri, args.faces) for uri in expand(args.images)]
+    uris = expand(args.images)
+    items = [load_item(uri, data, args.faces) for uri, data in zip(uris, storage.Fetcher(8).fetch(uris))]
     crops = [c for item in items for c in item.crops]
     if crops:
-        probs = ev.predict_probs(model, b.inputs(np.stack(crops)), batch_size=256)
+        probs = inference.predict_probs(model, b.inputs(np.stack(crops)), batch_size=256)
         at = 0
         for item in items:
             item.probs = list(probs[at : at + len(item.crops)])

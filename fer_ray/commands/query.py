@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import query as Q
-from ..errors import FerRayError, UsageError
+from ..errors import FerRayError, UsageError, one_line
 
 HELP = "Query the labeling output in DEST: filters, --summary, or --sql over the table `labels`."
 
@@ -109,11 +109,11 @@ def run(args) -> int:
         import duckdb
 
         if isinstance(exc, duckdb.Error):
-            raise FerRayError(f"SQL error: {Q._one_line(exc)}") from None
+            raise FerRayError(f"SQL error: {one_line(exc)}") from None
         if isinstance(exc, OSError):
-            raise FerRayError(f"cannot read/write: {Q._one_line(exc)}") from None
+            raise FerRayError(f"cannot read/write: {one_line(exc)}") from None
         if isinstance(exc, pa.ArrowException):  # e.g. a list column in CSV
-            raise FerRayError(f"cannot write this result as {fmt}: {Q._one_line(exc)}") from None
+            raise FerRayError(f"cannot write this result as {fmt}: {one_line(exc)}") from None
         raise
     return 0
 
@@ -124,7 +124,7 @@ def _write_text(text: str, output: str | None) -> None:
             with open(output, "w", encoding="utf-8") as f:
                 f.write(text)
         except OSError as exc:
-            raise FerRayError(f"cannot write {output}: {Q._one_line(exc)}") from None
+            raise FerRayError(f"cannot write {output}: {one_line(exc)}") from None
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -159,7 +159,7 @@ def _emit(reader, fmt: str, limit: int | None, output: str | None, explicit_limi
     try:
         sink = open(output, "wb") if output else sys.stdout.buffer
     except OSError as exc:
-        raise FerRayError(f"cannot write {output}: {Q._one_line(exc)}") from None
+        raise FerRayError(f"cannot write {output}: {one_line(exc)}") from None
     try:
         if fmt == "csv":
             import pyarrow.csv as pacsv

@@ -1,0 +1,51 @@
+"""The one storage layer behaves the same on local disk and on the S3 server."""
+
+import os
+
+import pytest
+
+from fer_ray import storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return request.getfixturevalue("bucket") + "/root"
+
+
+def test_files_json_folders_and_removal(root, tmp_path):
+    doc = storage.join(root, "a", "doc.json")
+    assert not storage.exists(doc) and storage.read_json(doc) is None
+    storage.write_json(doc, {"n": 1})
+    assert storage.exists(doc) and storage.read_json(doc) == {"n": 1}
+    storage.write_bytes(doc, b"[1, 2]")  # JSON, but not an object
+    assert storage.read_json(doc) is None and storage.read_bytes(doc) == b"[1, 2]"
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "missing"))
+
+    local = tmp_path / "folder"
+    (local / "sub").mkdir(parents=True)
+    (local / "x.bin").write_bytes(b"x")
+    (local / "sub" / "y.bin").write_bytes(b"yy")
+    storage.put_folder(str(local), storage.join(root, "copy"))
+    assert storage.read_bytes(storage.join(root, "copy", "sub", "y.bin")) == b"yy"
+    assert storage.ls_names(storage.join(root, "copy")) == ["sub", "x.bin"]
+    storage.remove(storage.join(root, "copy"))
+    storage.remove(storage.join(root, "copy"))  # twice: nothing there is fine
+    assert storage.ls_names(storage.join(root, "copy")) == [] and storage.exists(doc)
+    if not storage.is_s3(root):  # whole-or-nothing writes leave no temporary files behind
+        assert os.listdir(os.path.dirname(doc)) == ["doc.json"]
+
+
+def test_one_etag_rule_for_listings(root):
+    storage.write_bytes(storage.join(root, "img.png"), b"png")
+    storage.write_bytes(storage.join(root, "notes.txt"), b"txt")
+    (o,) = storage.list_objects(root)
+    assert o.uri == storage.join(root, "img.png") and o.size == 3 and o.etag and '"' not in o.etag
+    storage.write_bytes(o.uri, b"png2")
+    assert storage.list_objects(root)[0].etag != o.etag  # replaced content, new version
+
+
+def test_the_arrow_filesystem_is_built_once_per_endpoint(bucket):
+    assert storage.arrow_filesystem(bucket + "/a")[0] is storage.arrow_filesystem(bucket + "/b")[0]
