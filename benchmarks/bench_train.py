@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -174,6 +175,7 @@ def main():
     ap.add_argument("--steps", type=int, default=25, help="steps per measured epoch")
     ap.add_argument("--repeats", type=int, default=3, help="measured epochs per mode (median)")
     ap.add_argument("--modes", default="plain,plain-fp32,plain-1t,ray-1x2,ray-2x1")
+    ap.add_argument("--json", metavar="OUT.json", help="also write the figures (with the machine and its load) here")
     args = ap.parse_args()
 
     import tempfile
@@ -190,6 +192,10 @@ def main():
           f"bf16 native: {loop.bf16_native(torch.device('cpu'))}", flush=True)
 
     results = {}
+    figures = {"recipe": args.config or "defaults", "arch": cfg.arch, "arch_args": cfg.arch_args,
+               "params": params, "batch_size": cfg.batch_size, "steps": args.steps, "repeats": args.repeats,
+               "cores": os.cpu_count(), "bf16_native": loop.bf16_native(torch.device("cpu")),
+               "load_before": round(os.getloadavg()[0], 2), "torch": torch.__version__, "modes": {}}
     for mode in args.modes.split(","):
         with PeakRSS() as mem:
             t0 = time.perf_counter()
@@ -206,10 +212,18 @@ def main():
         speed = statistics.median(r for r, _ in rates)
         per_cpu = statistics.median(c for _, c in rates)
         results[mode] = speed
+        figures["modes"][mode] = {"img_per_s": round(speed, 1), "img_per_cpu_s": round(per_cpu, 1),
+                                  "epochs": [round(r, 1) for r, _ in rates]}
         ratio = speed / results["plain"] if "plain" in results else float("nan")
         print(f"{mode:9s} {speed:7.1f} img/s (median of {', '.join(f'{r:.0f}' for r, _ in rates)})  "
               f"x{ratio:.2f} vs plain  {per_cpu:6.1f} img per CPU-second  peak RSS {mem.total / 2**30:.2f} GiB "
               f"total, {mem.train / 2**30:.2f} GiB driver+train workers  wall {wall:.0f}s", flush=True)
+
+
+    if args.json:
+        figures["load_after"] = round(os.getloadavg()[0], 2)
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
