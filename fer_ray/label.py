@@ -13,6 +13,7 @@ See runs.py for the commit protocol and what `incremental` means.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -29,12 +30,47 @@ TUNING = {
     "calls_per_actor": 2,  # batches in flight in one actor: one fetches while the other computes
     "tasks_in_flight": 4,  # batches queued per actor by Ray Data
     "cpu_fraction": 0.9,  # share of its CPUs an actor reserves: never all of them (2-core hang)
-    "forward_chunk": 64,  # images per forward call on CPU (cache-friendly activations)
+    "forward_chunk": 64,  # images per forward call on CPU in a 1-thread actor (cache-friendly activations)
+    "batch_here": 256,  # images per forward call when labeling in this process with every core
     "fetch_threads": 16,  # GETs / local reads in flight per batch
     # trace + freeze the model for CPU inference: ~25% less CPU per image, but ~2-3 CPU-seconds
     # to compile in each actor, so only worth it from this many images per actor on
     "freeze_min_images": 20_000,
+    # Small runs label in this process with the same Labeler: starting Ray and an actor pool
+    # costs ~10-15 s on a small machine, more than a few thousand images take. A run goes to Ray
+    # when its estimated work here (objects x seconds per object for its faces mode; x10 with
+    # TTA) exceeds this many seconds.
+    "in_process_seconds": 30.0,
+    "seconds_per_object": {"crop": 0.0006, "auto": 0.01, "detect": 0.01},
 }
+
+
+@dataclasses.dataclass
+class Job:
+    """What a labeling run was asked to do (the CLI's flags), resolved."""
+
+    source: str
+    dest: str
+    model: str | None  # as given (None: the shipped default)
+    model_uri: str
+    model_id: str
+    faces: str = "auto"
+    incremental: bool = False
+    batch_size: int = 256
+    workers: int | None = None
+    gpu: bool = False
+    precision: str = "auto"
+    tta: bool = False
+    progress: bool = True
+    ray: bool | None = None  # None: Ray for large runs, this process for small ones
+
+    def uses_ray(self, objects: int) -> bool:
+        if self.ray is not None:
+            return self.ray
+        if self.gpu or self.workers is not None or os.environ.get("RAY_ADDRESS"):
+            return True  # asked for actors, or submitted to a cluster
+        work = objects * TUNING["seconds_per_object"].get(self.faces, 0.01) * (10 if self.tta else 1)
+        return work > TUNING["in_process_seconds"]
 
 
 # ---------------------------------------------------------------------------- the driver side
@@ -78,7 +114,7 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
 
 def run(source, dest, model=None, faces="auto", incremental=False, batch_size=256, workers=None,
         gpu=False, run_id=None, progress=True, echo=None, precision="auto", tta=False,
-        lease_seconds: float = 300.0) -> dict:
+        lease_seconds: float = 300.0, ray: bool | None = None) -> dict:
     """Label every image under SOURCE into DEST; returns the commit marker (the run's summary)."""
     from . import bundle
 
@@ -98,12 +134,11 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
         raise FerRayError(f"precision must be one of {', '.join(bundle.PRECISIONS)}, got {precision!r}")
     model_uri = model or bundle.default_path(gpu)
     checked = bundle.load(model_uri, gpu=gpu, precision=precision)  # validates before any work
-    meta = checked.meta  # what CPU (or GPU) actors will run (an ensemble of mixed precisions: auto)
-    precision = checked.precision if checked.precision in bundle.PRECISIONS else "auto"
-    del checked  # the driver keeps no model
-    model_id = meta["model_id"]
+    precision = checked.precision if checked.precision in bundle.PRECISIONS else "auto"  # ensembles: auto
     if faces != "crop":
         _check_detector(faces)
+    job = Job(source, dest, model, model_uri, checked.model_id, faces, incremental, batch_size, workers, gpu,
+              precision, tta, progress, ray)
 
     d = runs.Dest(dest)
     lease = runs.Lease(d, lease_seconds, run=run_id or "")
@@ -117,39 +152,42 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
         why = runs.error_code(exc) or type(exc).__name__
         raise FerRayError(f"cannot write to {dest}: {why}") from None
     try:
-        return _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incremental, batch_size,
-                           workers, gpu, run_id, progress, say, precision, tta, t0)
+        return _run_leased(job, d, lease, run_id, say, t0, checked)
     finally:
         lease.release()
 
 
-def _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incremental, batch_size, workers, gpu,
-                run_id, progress, say, precision, tta, t0) -> dict:
-    listing = list_source(source)
+def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
+    listing = list_source(job.source)
     started = runs.utcnow()
-    todo_all = not_labeled(listing, dest) if incremental else listing
-    info = {"run_id": run_id, "source": source, "dest": dest, "model_id": model_id, "faces": faces,
-            "started_at": started, "incremental": incremental}
+    todo_all = not_labeled(listing, job.dest) if job.incremental else listing
+    info = {"run_id": run_id, "source": job.source, "dest": job.dest, "model_id": job.model_id, "faces": job.faces,
+            "started_at": started, "incremental": job.incremental}
     try:
         run_id, parts, staged_keys = runs.start(d, info, want={key(o) for o in todo_all})
     except ValueError as exc:
         raise FerRayError(str(exc)) from None
     todo = [o for o in todo_all if key(o) not in staged_keys]
-    say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {source}, "
+    on_ray = bool(todo) and job.uses_ray(len(todo))
+    say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {job.source}, "
         f"{len(listing) - len(todo_all)} already labeled, {len(staged_keys)} resumed from staging, "
-        f"{len(todo)} to label with {model_id}")
+        f"{len(todo)} to label with {job.model_id}" + (" on Ray" if on_ray else " in this process" if todo else ""))
 
     tally = runs.Tally()
     t_label = time.monotonic()
     batches = []  # (when the batch was labeled, objects in it): for the steady-state rate
     actors = 1
     if todo:
-        ray = _ray_init()
-        t_label = time.monotonic()
-        ds, actors = build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision,
-                                   progress, tta)
+        if on_ray:
+            ray = _ray_init()
+            t_label = time.monotonic()
+            ds, actors = build_dataset(ray, todo, job, run_id)
+            tables = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
+        else:
+            tables = label_here(todo, job, run_id, checked)
+        del checked  # an actor pool loads its own; in this process the Labeler holds it
         with runs.StagingWriter(d, run_id, first_index=len(parts)) as writer:
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
+            for table in tables:
                 if table.num_rows:
                     writer.write(table)
                     batches.append((table.column("labeled_at")[0].value, tally.add(table)))
@@ -169,17 +207,17 @@ def _run_leased(d, lease, source, dest, model, model_uri, model_id, faces, incre
     if steady:
         rates["steady_objects_per_second"] = steady
     if staged_keys:  # add what the resumed files hold, so the marker describes the whole run
-        tally.add_files(runs.staged_uris(d, run_id, parts), dest)
+        tally.add_files(runs.staged_uris(d, run_id, parts), job.dest)
     marker = {
-        "run_id": run_id, "started_at": started, "source": source, "dest": dest,
-        "model_id": model_id, "model": model or "shipped:" + os.path.basename(model_uri), "faces": faces,
-        "precision": precision, "tta": bool(tta),
-        "incremental": incremental, "objects_listed": len(listing),
+        "run_id": run_id, "started_at": started, "source": job.source, "dest": job.dest,
+        "model_id": job.model_id, "model": job.model or "shipped:" + os.path.basename(job.model_uri),
+        "faces": job.faces, "precision": job.precision, "tta": bool(job.tta), "ray": on_ray,
+        "incremental": job.incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(tally.errors.items())),
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
-        "batch_size": batch_size, "fer_ray_version": __version__,
+        "batch_size": job.batch_size, "fer_ray_version": __version__,
     }
     lease.check()
     marker = runs.commit(d, run_id, dict(marker, finished_at=runs.utcnow(),
@@ -208,26 +246,40 @@ def _check_detector(mode: str):
         raise FerRayError(f"--faces {mode} is not available: {exc}") from None
 
 
-def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, workers, gpu, precision, progress,
-                  tta=False):
+def _uri_table(chunk) -> pa.Table:
+    return pa.Table.from_pydict(
+        {"uri": [o.uri for o in chunk], "size": [int(o.size) for o in chunk], "etag": [o.etag for o in chunk]},
+        schema=INPUT_SCHEMA)
+
+
+def label_here(todo, job: Job, run_id: str, loaded):
+    """The labeling stage in this process: the Labeler an actor runs, over the same batches, with
+    the bundle the driver already loaded and torch on every core. (Two Labelers in two threads,
+    as an actor pool would run them, measured slower here: decoding holds the GIL.)
+    Yields result tables in order."""
+    from .evaluate import available_cores
+
+    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(), gpu=job.gpu,
+                    forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
+                    precision=job.precision, tta=job.tta, loaded=loaded)
+    for s in range(0, len(todo), job.batch_size):
+        yield stage(_uri_table(todo[s : s + job.batch_size]))
+
+
+def build_dataset(ray, todo, job: Job, run_id: str):
     """The Ray Dataset: URI rows in blocks of `batch_size` -> the fused labeling stage.
     Returns (dataset, number of actors)."""
     import warnings
 
     from ray.data import ActorPoolStrategy, DataContext
 
-    DataContext.get_current().enable_progress_bars = bool(progress)
-    n, cpus, threads, gpus = plan_workers(ray, workers, gpu)
+    DataContext.get_current().enable_progress_bars = bool(job.progress)
+    n, cpus, threads, gpus = plan_workers(ray, job.workers, job.gpu)
     # Blocks of hundreds of URIs (no per-file read tasks), one block = one batch; small jobs get
     # smaller blocks so that every actor has work and the tail is short (>= 4 blocks per actor).
-    block = max(1, min(batch_size, max(32, -(-len(todo) // (4 * n)))))
+    block = max(1, min(job.batch_size, max(32, -(-len(todo) // (4 * n)))))
     n = min(n, -(-len(todo) // block))
-    tables = []
-    for s in range(0, len(todo), block):
-        chunk = todo[s : s + block]
-        tables.append(pa.Table.from_pydict(
-            {"uri": [o.uri for o in chunk], "size": [int(o.size) for o in chunk], "etag": [o.etag for o in chunk]},
-            schema=INPUT_SCHEMA))
+    tables = [_uri_table(todo[s : s + block]) for s in range(0, len(todo), block)]
     # from_blocks keeps exactly these blocks and reads their metadata here; from_arrow would run
     # one remote task per block just to read it back.
     make = getattr(ray.data, "from_blocks", None) or ray.data.from_arrow
@@ -242,8 +294,8 @@ def build_dataset(ray, todo, model_uri, model_id, run_id, faces, batch_size, wor
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         ds = ds.map_batches(
             Labeler,
-            fn_constructor_kwargs=dict(model_uri=model_uri, model_id=model_id, run_id=run_id, faces=faces,
-                                       threads=threads, gpu=gpu, precision=precision, tta=tta,
+            fn_constructor_kwargs=dict(model_uri=job.model_uri, model_id=job.model_id, run_id=run_id, faces=job.faces,
+                                       threads=threads, gpu=job.gpu, precision=job.precision, tta=job.tta,
                                        forward_chunk=int(TUNING["forward_chunk"]),
                                        fetch_threads=int(TUNING["fetch_threads"]),
                                        freeze=len(todo) / n >= TUNING["freeze_min_images"]),

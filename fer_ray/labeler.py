@@ -24,7 +24,8 @@ class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
     def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, precision="auto", tta=False):
+                 fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None):
+        """`loaded`: the bundle already in memory (labeling in the driver's process), else loaded here."""
         import threading
 
         import torch
@@ -38,7 +39,7 @@ class Labeler:
             pass
         self.torch = torch
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        self.bundle = bundle.load(model_uri, gpu=gpu, precision=precision)
+        self.bundle = loaded or bundle.load(model_uri, gpu=gpu, precision=precision)
         self.bundle.model.to(self.device).eval()
         self.model = self.bundle.model
         if self.device.type == "cpu" and freeze and self.bundle.precision == "fp32":

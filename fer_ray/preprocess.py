@@ -57,12 +57,15 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if isinstance(exc, OSError) and "truncated" in str(exc).lower():
             raise DecodeError("cannot decode image: truncated") from None
         raise DecodeError(f"cannot decode image: {type(exc).__name__}") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data": noise in a job's logs, not an error
-            img = ImageOps.exif_transpose(img)
-    except Exception:
-        pass  # a broken EXIF block should not cost us an otherwise good image
+    # EXIF sits in info["exif"] for JPEG, PNG and WebP, in the tags for TIFF: most crops have none,
+    # and looking for an orientation costs more than decoding a 48x48 JPEG
+    if img.format == "TIFF" or "exif" in img.info:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Corrupt EXIF data": noise in a job's logs, not an error
+                img = ImageOps.exif_transpose(img)
+        except Exception:
+            pass  # a broken EXIF block should not cost us an otherwise good image
     return img
 
 

@@ -21,17 +21,25 @@ def available() -> bool:
 
 
 def _prepare(model: torch.nn.Module, size: int = 48) -> torch.nn.Module:
+    import torch.fx.config
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     torch.backends.quantized.engine = ENGINE
+    # FX records a symbolised stack trace for every node it traces (for its error messages):
+    # that was two thirds of loading an int8 bundle, paid by every labeling process and actor
+    traces = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
-        return prepare_fx(
-            copy.deepcopy(model).float().eval(),
-            get_default_qconfig_mapping(ENGINE),
-            (torch.zeros(1, 1, size, size),),
-        )
+        try:
+            return prepare_fx(
+                copy.deepcopy(model).float().eval(),
+                get_default_qconfig_mapping(ENGINE),
+                (torch.zeros(1, 1, size, size),),
+            )
+        finally:
+            torch.fx.config.do_not_emit_stack_traces = traces
 
 
 @torch.no_grad()

@@ -258,7 +258,7 @@ def test_label_s3_to_s3_every_row(ray_local, bucket, capsys):
     files.update({k: v for k, (v, _) in cat.items()})
     files["notes/readme.txt"] = b"not an image: filtered out by extension"
     _put(src, files)
-    assert cli.main(["label", src, dest, "--batch-size", "64", "--run-id", "first", "--no-progress"]) == 0
+    assert cli.main(["label", src, dest, "--batch-size", "64", "--run-id", "first", "--no-progress", "--ray"]) == 0
     out = capsys.readouterr().out
     listing = storage.list_objects(src)
     assert len(listing) == 200 + len(cat)
@@ -297,6 +297,25 @@ def test_incremental_labels_only_new_and_changed(ray_local, bucket):
     listing = storage.list_objects(src)
     assert {(o.uri, o.etag) for o in listing} <= set(keys)
     assert [m["run_id"] for m in runs.committed_runs(dest)] == [m1["run_id"], m2["run_id"], m3["run_id"]]
+
+
+def test_small_runs_label_in_this_process_with_the_rows_ray_gives(ray_local, bucket):
+    src = f"{bucket}/in"
+    files = _images(0, 40)
+    files.update({k: v for k, (v, _) in _catalogue().items()})
+    _put(src, files)
+    here = label.run(src, f"{bucket}/here", progress=False)  # small: no actor pool
+    pool = label.run(src, f"{bucket}/pool", ray=True, workers=1, progress=False)
+    assert (here["ray"], pool["ray"]) == (False, True)
+    a, b = _read(f"{bucket}/here"), _read(f"{bucket}/pool")
+    _check_rows(a, here)
+    assert here["objects"] == pool["objects"] == len(storage.list_objects(src))
+    key = lambda r: (r["image_path"], r["face_index"])  # noqa: E731
+    rows_a, rows_b = sorted(a.to_pylist(), key=key), sorted(b.to_pylist(), key=key)
+    assert [key(r) for r in rows_a] == [key(r) for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        assert (ra["label"], ra["error"], ra["face_source"]) == (rb["label"], rb["error"], rb["face_source"])
+        assert all(abs((ra[c] or 0) - (rb[c] or 0)) < 1e-3 for c in PROB_COLUMNS)
 
 
 def test_crash_then_rerun_labels_each_object_exactly_once(ray_local, bucket, monkeypatch):

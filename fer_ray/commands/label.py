@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..errors import UsageError
 
 HELP = "label images (s3:// prefix, folder or manifest) into Parquet with Ray Data"
@@ -32,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
                    help="labeling actors (default: one per CPU, or one per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="run the model on GPUs (one actor per GPU)")
+    p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                   help="label with a Ray actor pool (--ray) or in this process with the same code (--no-ray); "
+                        "default: Ray for large runs, --workers, --gpu or a cluster (RAY_ADDRESS), "
+                        "this process for runs small enough that starting Ray would cost more than it saves")
     p.add_argument("--lease-seconds", type=float, default=300.0, metavar="S",
                    help="one run at a time per DEST: a run holds DEST/_lease.json, renewed while it runs; "
                         "a crashed run's lease blocks others for at most S seconds (default 300)")
@@ -56,6 +62,6 @@ def run(args) -> int:
     summary = label.run(args.source, args.dest, model=args.model, faces=args.faces, incremental=args.incremental,
                         batch_size=args.batch_size, workers=args.workers, gpu=args.gpu, run_id=args.run_id,
                         progress=not args.no_progress, precision=args.precision, tta=args.tta,
-                        lease_seconds=args.lease_seconds)
+                        lease_seconds=args.lease_seconds, ray=args.ray)
     print(label.summary_text(summary), flush=True)
     return 0
