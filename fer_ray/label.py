@@ -186,7 +186,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         else:
             tables = label_here(todo, job, run_id, checked)
         del checked  # an actor pool loads its own; in this process the Labeler holds it
-        with runs.StagingWriter(d, run_id, first_index=len(parts)) as writer:
+        with runs.StagingWriter(d, run_id, first_index=runs.next_part_index(parts)) as writer:
             for table in tables:
                 if table.num_rows:
                     writer.write(table)

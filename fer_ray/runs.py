@@ -168,6 +168,12 @@ def part_name(index: int) -> str:
     return f"{PART_PREFIX}{index:05d}{PART_SUFFIX}"
 
 
+def next_part_index(parts: list[str]) -> int:
+    """The index a run's next part file takes: after the highest staged one, not after their
+    count (a crash during a local commit moves away some parts and leaves the others)."""
+    return 1 + max((int(p[len(PART_PREFIX):-len(PART_SUFFIX)]) for p in parts), default=-1)
+
+
 def staged_parts(d: Dest, run_id: str) -> list[str]:
     return [n for n in d.ls_names(d.staging(run_id)) if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)]
 

@@ -436,3 +436,91 @@ def test_a_second_run_into_the_same_dest_exits_in_one_line(ray_local, bucket, tm
     assert cli.main(["label", src, dest, "--incremental", "--no-progress", "--faces", "crop"]) == 0
     _once(_read(dest), storage.list_objects(src))
     assert runs.Lease(runs.Dest(dest)).acquire().release() is None  # released at the end of the run
+
+
+# ------------------------------------------------------------------------- killed with SIGKILL
+
+# Run in a child process: fer-ray label, which stops itself (SIGSTOP) at one point of the run so
+# that the test can SIGKILL it exactly there. No timing: the test waits for the stop itself.
+STOPS_AT = r"""
+import os, signal, sys
+import s3fs
+from fer_ray import cli, runs
+
+point, argv = sys.argv[1], sys.argv[2:]
+runs.ROWS_PER_FILE = 20  # several part files
+stopped = []
+
+def stop():
+    if not stopped:
+        stopped.append(1)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+if point == "part-open":  # a part file written to but not closed
+    write = runs.StagingWriter.write
+    def write_then_stop(self, table):
+        write(self, table)
+        if self.writer is not None:
+            stop()
+    runs.StagingWriter.write = write_then_stop
+else:  # "commit": the first part file moved (local) or copied (S3) into run_id=, the rest not
+    replace, copy = os.replace, s3fs.S3FileSystem.copy
+    def replace_then_stop(src, dst, *a, **k):
+        replace(src, dst, *a, **k)
+        if "run_id=" in str(dst):
+            stop()
+    def copy_then_stop(self, src, dst, *a, **k):
+        copy(self, src, dst, *a, **k)
+        if "run_id=" in str(dst):
+            stop()
+    os.replace, s3fs.S3FileSystem.copy = replace_then_stop, copy_then_stop
+sys.exit(cli.main(["label", *argv]))
+"""
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _wait_for(condition, what: str, timeout: float = 180.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("point", ["part-open", "commit"])
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_killed_mid_write_or_mid_commit_resumes_exactly_once(bucket, tmp_path, where, point):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = f"{bucket}/in"
+    _put(src, _images(0, 70))
+    dest = str(tmp_path / "out") if where == "local" else f"{bucket}/out"
+    argv = [src, dest, "--faces", "crop", "--no-ray", "--batch-size", "20", "--no-progress", "--lease-seconds", "3"]
+    child = subprocess.Popen([sys.executable, "-c", STOPS_AT, point, *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: child.poll() is not None or _stopped(child.pid), f"the run to reach {point}")
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert runs.committed_runs(dest) == []  # killed before its marker: no run for readers
+
+    lease = runs.Lease(runs.Dest(dest))  # the killed run's lease, no longer renewed, expires
+    _wait_for(lambda: float((lease._read()[0] or {}).get("expires", 0)) < time.time(), "the lease to expire", 30)
+    m = label.run(src, dest, faces="crop", ray=False, batch_size=20, progress=False)
+    t = _read(dest)
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)
+    assert [r["run_id"] for r in runs.committed_runs(dest)] == [m["run_id"]]
+    if point == "commit" and where == "s3":  # copied, not moved: the staged parts are resumed
+        assert m["resumed_objects"] > 0
