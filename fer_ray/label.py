@@ -20,8 +20,8 @@ import time
 
 import pyarrow as pa
 
-from . import __version__, faces as faces_mod, framing, placement, runs
-from .errors import FerRayError
+from . import __version__, faces as faces_mod, framing, placement, runs, storage
+from .errors import FerRayError, one_line
 from .labeler import INPUT_SCHEMA, Labeler
 from .sources import key, list_source, listing_digest, not_labeled
 
@@ -149,7 +149,7 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
     except OSError as exc:
         raise FerRayError(f"cannot write to {dest}: {exc.strerror or type(exc).__name__}") from None
     except Exception as exc:  # noqa: BLE001 - S3: missing bucket, missing or refused credentials, ...
-        why = runs.error_code(exc) or type(exc).__name__
+        why = storage.error_code(exc) or type(exc).__name__
         raise FerRayError(f"cannot write to {dest}: {why}") from None
     try:
         return _run_leased(job, d, lease, run_id, say, t0, checked)
@@ -186,11 +186,17 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         else:
             tables = label_here(todo, job, run_id, checked)
         del checked  # an actor pool loads its own; in this process the Labeler holds it
-        with runs.StagingWriter(d, run_id, first_index=runs.next_part_index(parts)) as writer:
-            for table in tables:
-                if table.num_rows:
-                    writer.write(table)
-                    batches.append((table.column("labeled_at")[0].value, tally.add(table)))
+        try:
+            with runs.StagingWriter(d, run_id, first_index=runs.next_part_index(parts)) as writer:
+                for table in tables:
+                    if table.num_rows:
+                        writer.write(table)
+                        batches.append((table.column("labeled_at")[0].value, tally.add(table)))
+        except FerRayError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - S3 that kept failing, a lost cluster, a full disk: one line
+            raise FerRayError(f"run {run_id} stopped: {_why(exc)}; nothing committed "
+                              f"(what is staged is kept: the next run resumes)") from exc
     labeled_s = time.monotonic() - t_label
     counts = tally.counts
     if counts["objects"] != len(todo):
@@ -224,6 +230,14 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
                                          total_seconds=round(time.monotonic() - t0, 3)))
     marker["output"] = d.uri_of(f"{runs.RUN_PREFIX}{run_id}")
     return marker
+
+
+def _why(exc: BaseException) -> str:
+    """The first line of what stopped a run, through Ray's wrappers (a task error carries the
+    actor's exception as its cause)."""
+    while exc.__cause__ is not None and type(exc).__module__.startswith("ray"):
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def steady_rate(batches, actors: int) -> float | None:

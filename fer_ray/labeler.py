@@ -70,6 +70,9 @@ class Labeler:
         probs = [np.full((len(rows), len(EMOTIONS)), np.nan, np.float32)]
         for group in _byte_groups([i for i, s in enumerate(sizes) if s <= MAX_OBJECT_BYTES], sizes):
             datas = self.fetcher.fetch([uris[i] for i in group])  # concurrent; no lock held
+            for data in datas:  # the store, not the object, failed: no error row, the batch fails
+                if isinstance(data, storage.TransientError):
+                    raise data
             with self.compute:
                 r, p = self._label(list(zip(group, datas)))
             rows += r

@@ -406,7 +406,7 @@ class Lease:
             try:
                 r = self._s3().get_object(Bucket=bucket, Key=key)
             except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in ("NoSuchKey", "404"):
+                if storage.error_code(exc) in ("NoSuchKey", "404"):
                     return None, None
                 raise
             return _json_or_empty(r["Body"].read()), r["ETag"]
@@ -426,7 +426,7 @@ class Lease:
                 self._etag = self._s3().put_object(Bucket=bucket, Key=key, Body=body, **cond)["ETag"]
                 return True
             except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+                if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
                     return False
                 raise
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -524,10 +524,6 @@ class Lease:
     def __exit__(self, *exc):
         self.release()
         return False
-
-
-def error_code(exc: BaseException) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def _json_or_empty(data: bytes) -> dict:

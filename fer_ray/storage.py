@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+RETRIES = 8  # attempts per S3 request (botocore and pyarrow clients), with exponential backoff
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 
 
@@ -39,7 +40,7 @@ def s3_client(pool: int = 10):
     import botocore.config
     import botocore.session
 
-    config = botocore.config.Config(max_pool_connections=pool, retries={"max_attempts": 5, "mode": "standard"})
+    config = botocore.config.Config(max_pool_connections=pool, retries={"max_attempts": RETRIES, "mode": "standard"})
     return botocore.session.get_session().create_client("s3", endpoint_url=endpoint_url(), config=config)
 
 
@@ -55,7 +56,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if is_s3(uri):
         import s3fs
 
-        kwargs = {}
+        kwargs = {"config_kwargs": {"retries": {"max_attempts": RETRIES, "mode": "standard"}}}
         if endpoint_url():
             kwargs["client_kwargs"] = {"endpoint_url": endpoint_url()}
         fs = s3fs.S3FileSystem(**kwargs)
@@ -72,18 +73,19 @@ def arrow_filesystem(uri: str):
     uri = str(uri)
     if is_s3(uri):
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        return _arrow_s3(endpoint_url(), region), uri.split("://", 1)[1].rstrip("/")
+        return _arrow_s3(endpoint_url(), region, RETRIES), uri.split("://", 1)[1].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 @functools.lru_cache(maxsize=8)
-def _arrow_s3(endpoint: str | None, region: str | None):
+def _arrow_s3(endpoint: str | None, region: str | None, retries: int):
     """One pyarrow S3 filesystem per endpoint and region (building one resolves credentials)."""
     import pyarrow.fs as pafs
 
-    kwargs = {}
+    # throttling (503 SlowDown), 5xx and broken connections are retried, as botocore's clients do
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries)}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme or "https")
@@ -198,6 +200,21 @@ def ls_names(uri: str) -> list[str]:
 # ---------------------------------------------------------------- many objects at once
 
 
+class TransientError(OSError):
+    """The store kept failing (throttling, 5xx, broken connections) after its retries: not a
+    property of the object, so no error row is written for it; the run stops and a re-run resumes."""
+
+
+# What S3 (and compatibles) answer when the failure is theirs, not the object's
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                   "ServiceUnavailable", "RequestTimeTooSkewed", "503", "500"}
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ('' for anything else)."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def fetch_error(exc: BaseException) -> str:
     """Why an object could not be fetched, in the words of an error row."""
     if isinstance(exc, FileNotFoundError):
@@ -238,17 +255,24 @@ class Fetcher:
         except Exception as exc:  # noqa: BLE001 - becomes an error row
             return exc
 
-    def _get_s3(self, uri: str):
+    def _get_s3(self, uri: str, attempts: int = 3):
+        """The object's bytes, or the exception that is its error row; a TransientError when the
+        store kept failing (botocore retries each request; a body cut off mid-read is retried
+        here, botocore does not)."""
         bucket, key = split_s3(uri)
-        try:
-            return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:  # noqa: BLE001 - becomes an error row
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NoSuchBucket"):
-                return FileNotFoundError(uri)
-            if code in ("AccessDenied", "403"):
-                return PermissionError(uri)
-            return exc
+        for attempt in range(attempts):
+            try:
+                return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                code = error_code(exc)
+                if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                    return FileNotFoundError(uri)
+                if code in ("AccessDenied", "403"):
+                    return PermissionError(uri)
+                if code and code not in TRANSIENT_CODES and not code.startswith("5"):
+                    return exc  # a permanent answer about this object (e.g. InvalidObjectState)
+                if attempt == attempts - 1:
+                    return TransientError(f"{uri}: {code or type(exc).__name__} after retries")
 
     def fetch(self, uris: list[str]) -> list:
         # Local files are read right here: a read from the page cache takes microseconds, and a

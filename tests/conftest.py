@@ -61,6 +61,17 @@ def bucket(s3_server):
     return f"s3://{name}"
 
 
+@pytest.fixture
+def faulty_s3(s3_server, monkeypatch):
+    """A fault-injecting proxy (tests/s3faults.py) in front of the S3 server; AWS_ENDPOINT_URL
+    points at it for this test (clients in this process; Ray workers keep the direct route)."""
+    from s3faults import FaultProxy
+
+    with FaultProxy(s3_server, slow_s=0.2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        yield proxy
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_server, tmp_path_factory):
     """One local Ray for the whole session (2 CPUs, no dashboard), after the S3 env is set."""

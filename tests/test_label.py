@@ -330,7 +330,7 @@ def test_crash_then_rerun_labels_each_object_exactly_once(ray_local, bucket, mon
             raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(runs.StagingWriter, "write", write_then_crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(label.FerRayError, match="RuntimeError: simulated crash; nothing committed"):
         label.run(src, dest, batch_size=20, workers=1, progress=False)
     assert runs.committed_runs(dest) == [] and runs.committed_files(dest) == []
     monkeypatch.setattr(runs.StagingWriter, "write", write)
@@ -524,3 +524,51 @@ def test_a_run_killed_mid_write_or_mid_commit_resumes_exactly_once(bucket, tmp_p
     assert [r["run_id"] for r in runs.committed_runs(dest)] == [m["run_id"]]
     if point == "commit" and where == "s3":  # copied, not moved: the staged parts are resumed
         assert m["resumed_objects"] > 0
+
+
+# ------------------------------------------------------------------------- S3 that fails
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.2])
+def test_labeling_survives_s3_faults(faulty_s3, bucket, rate):
+    from s3faults import KINDS
+
+    src, dest = f"{bucket}/in", f"{bucket}/out"
+    _put(src, _images(0, 150))
+    faulty_s3.set(rate)  # 503 SlowDown, 500, reset connections, slow answers
+    m = label.run(src, dest, faces="crop", batch_size=25, ray=False, progress=False)
+    faulty_s3.set(0.0)
+    injected = sum(faulty_s3.counts[k] for k in KINDS)
+    assert injected >= 0.5 * rate * 150, faulty_s3.counts
+    t = _read(dest)
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)
+    assert m["error_rows"] == 0  # every fault was retried away, none became an error row
+
+
+def test_an_s3_outage_mid_run_fails_in_one_line_and_the_next_run_resumes(faulty_s3, bucket, monkeypatch, capsys):
+    import time
+
+    src, dest = f"{bucket}/in", f"{bucket}/out"
+    _put(src, _images(0, 100))
+    monkeypatch.setattr(runs, "ROWS_PER_FILE", 20)
+    monkeypatch.setattr(storage, "RETRIES", 2)  # give up quickly
+
+    def a_part_file_completed(method, path, query):
+        return "/_staging/" in path and "/part-" in path and (
+            (method == "PUT" and "uploadId" not in query) or (method == "POST" and "uploadId" in query))
+
+    faulty_s3.outage_after = a_part_file_completed  # from then on every request gets 503 SlowDown
+    argv = [src, dest, "--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress", "--lease-seconds", "3"]
+    assert cli.main(["label", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: run ") and "SlowDown" in err and "the next run resumes" in err, err
+    faulty_s3.set(0.0)  # the store is back; the failed run could not release its lease: it expires
+    assert faulty_s3.counts["503"] > 0 and runs.committed_runs(dest) == []
+    lease = runs.Lease(runs.Dest(dest))
+    _wait_for(lambda: float((lease._read()[0] or {}).get("expires", 0)) < time.time(), "the lease to expire", 30)
+    m = label.run(src, dest, faces="crop", batch_size=20, ray=False, progress=False)
+    assert m["resumed_objects"] >= 20
+    t = _read(dest)
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)

@@ -263,6 +263,18 @@ def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, p
     assert bundle.load(result["bundle"]).meta["training"]["epochs_completed"] == 2
 
 
+def test_training_with_s3_storage_survives_s3_faults(faulty_s3, bucket, prepared):
+    from s3faults import KINDS
+
+    faulty_s3.set(0.2)  # 503 SlowDown, 500, dropped connections, slow answers on every S3 call
+    result = train.run(tiny(prepared, f"{bucket}/runs", "faulty", workers=0, epochs=2))
+    again = train.run(tiny(prepared, f"{bucket}/runs", "faulty", workers=0, epochs=3))  # resumes
+    faulty_s3.set(0.0)
+    assert sum(faulty_s3.counts[k] for k in KINDS) >= 3, faulty_s3.counts
+    assert [h["epoch"] for h in result["history"]] == [1, 2] and again["epochs_run"] == 1
+    assert bundle.load(again["bundle"]).meta["training"]["epochs_completed"] == 3
+
+
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
