@@ -226,8 +226,12 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         "batch_size": job.batch_size, "fer_ray_version": __version__,
     }
     lease.check()
-    marker = runs.commit(d, run_id, dict(marker, finished_at=runs.utcnow(),
-                                         total_seconds=round(time.monotonic() - t0, 3)))
+    try:
+        marker = runs.commit(d, run_id, dict(marker, finished_at=runs.utcnow(),
+                                             total_seconds=round(time.monotonic() - t0, 3)))
+    except Exception as exc:  # noqa: BLE001 - DEST gone, unwritable, credentials revoked: one line
+        raise FerRayError(f"run {run_id} could not commit to {job.dest}: {_why(exc)}; nothing committed "
+                          f"(a marker is written last: the next run resumes or starts afresh)") from exc
     marker["output"] = d.uri_of(f"{runs.RUN_PREFIX}{run_id}")
     return marker
 

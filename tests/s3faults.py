@@ -35,6 +35,7 @@ class FaultProxy:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.rate, self.kinds, self.slow_s = rate, tuple(kinds), slow_s
         self.outage_after = None  # (method, path, query) -> bool: once one such request got through, all fail
+        self.then = None  # (predicate, action): once a request matching predicate got through, action() runs
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts = collections.Counter()
@@ -107,9 +108,12 @@ class FaultProxy:
             conn.close()
         with self.lock:
             self.counts["forwarded"] += 1
-            if self.outage_after and resp.status < 300 and \
-                    self.outage_after(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")):
+            request = (environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+            if self.outage_after and resp.status < 300 and self.outage_after(*request):
                 self.outage_after, self.rate, self.kinds = None, 1.0, ("503",)
+            if self.then and resp.status < 300 and self.then[0](*request):
+                action, self.then = self.then[1], None
+                action()
         head = environ["REQUEST_METHOD"] == "HEAD"  # its Content-Length is the object's, not this body's
         out = [(k, v) for k, v in resp.getheaders()
                if k.lower() not in HOP_BY_HOP and (head or k.lower() != "content-length")]

@@ -572,3 +572,84 @@ def test_an_s3_outage_mid_run_fails_in_one_line_and_the_next_run_resumes(faulty_
     t = _read(dest)
     _once(t, storage.list_objects(src))
     _check_rows(t, m)
+
+
+def _part_completed(method, path, query):
+    return "/_staging/" in path and "/part-" in path and (
+        (method == "PUT" and "uploadId" not in query) or (method == "POST" and "uploadId" in query))
+
+
+def test_dest_bucket_deleted_mid_run_fails_in_one_line_and_the_next_run_labels_all(faulty_s3, bucket, s3_server,
+                                                                                 monkeypatch, capsys):
+    import boto3
+
+    src = f"{bucket}/in"
+    _put(src, _images(0, 60))
+    direct = boto3.resource("s3", endpoint_url=s3_server)  # not through the proxy
+    out = direct.Bucket(f"out-{bucket.split('-', 1)[1]}")
+    out.create()
+    dest = f"s3://{out.name}/labels"
+    monkeypatch.setattr(runs, "ROWS_PER_FILE", 20)
+    monkeypatch.setattr(storage, "RETRIES", 2)
+
+    def delete_dest_bucket():
+        out.objects.all().delete()
+        out.delete()
+
+    faulty_s3.then = (_part_completed, delete_dest_bucket)
+    argv = [src, dest, "--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress"]
+    assert cli.main(["label", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: run ") and "bucket does not exist" in err and "nothing committed" in err, err
+    out.create()  # the bucket is back, empty: the next run labels everything, once
+    m = label.run(src, dest, faces="crop", batch_size=20, ray=False, progress=False)
+    t = _read(dest)
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)
+
+
+def test_dest_folder_gone_mid_run_fails_in_one_line_and_the_next_run_resumes(bucket, tmp_path, monkeypatch, capsys):
+    import shutil
+    import time
+
+    src, dest = f"{bucket}/in", tmp_path / "out"
+    _put(src, _images(0, 60))
+    monkeypatch.setattr(runs, "ROWS_PER_FILE", 20)
+    write = runs.StagingWriter.write
+
+    def write_then_lose_dest(writer, table):  # a disk unmounted, a folder replaced by a file
+        write(writer, table)
+        if writer.files and not (tmp_path / "away").exists():
+            shutil.move(str(dest), str(tmp_path / "away"))
+            dest.write_text("not a folder")
+
+    monkeypatch.setattr(runs.StagingWriter, "write", write_then_lose_dest)
+    argv = [src, str(dest), "--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress",
+            "--lease-seconds", "3"]
+    assert cli.main(["label", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: run ") and "nothing committed" in err, err
+    monkeypatch.setattr(runs.StagingWriter, "write", write)
+    dest.unlink()
+    shutil.move(str(tmp_path / "away"), str(dest))  # the folder is back, with what was staged
+    lease = runs.Lease(runs.Dest(str(dest)))  # and with the lease the run could not release: it expires
+    _wait_for(lambda: float((lease._read()[0] or {}).get("expires", 0)) < time.time(), "the lease to expire", 30)
+    m = label.run(src, str(dest), faces="crop", batch_size=20, ray=False, progress=False)
+    assert m["resumed_objects"] >= 20
+    t = _read(str(dest))
+    _once(t, storage.list_objects(src))
+    _check_rows(t, m)
+
+
+def test_no_credentials_for_dest_is_one_line_and_touches_nothing(bucket, tmp_path, monkeypatch, capsys):
+    for name, data in _images(0, 3).items():
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / os.path.basename(name)).write_bytes(data)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert cli.main(["label", str(tmp_path / "in"), f"{bucket}/out", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: cannot write to {bucket}/out: ") and "Credentials" in err, err
