@@ -13,6 +13,7 @@ See runs.py for the commit protocol and what `incremental` means.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import sys
@@ -158,7 +159,8 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
 
 
 def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
-    listing = list_source(job.source)
+    not_images = collections.Counter()  # what the listing left out, by extension
+    listing = list_source(job.source, skipped=not_images)
     started = runs.utcnow()
     todo_all = not_labeled(listing, job.dest) if job.incremental else listing
     info = {"run_id": run_id, "source": job.source, "dest": job.dest, "model_id": job.model_id, "faces": job.faces,
@@ -169,7 +171,9 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         raise FerRayError(str(exc)) from None
     todo = [o for o in todo_all if key(o) not in staged_keys]
     on_ray = bool(todo) and job.uses_ray(len(todo))
-    say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {job.source}, "
+    left_out = sum(not_images.values())
+    say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {job.source}"
+        + (f" ({left_out} other files left out: {_by_ext(not_images)})" if left_out else "") + ", "
         f"{len(listing) - len(todo_all)} already labeled, {len(staged_keys)} resumed from staging, "
         f"{len(todo)} to label with {job.model_id}" + (" on Ray" if on_ray else " in this process" if todo else ""))
 
@@ -220,6 +224,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         "faces": job.faces, "precision": job.precision, "tta": bool(job.tta), "ray": on_ray,
         "incremental": job.incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
+        "not_images": dict(sorted(not_images.items())),
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(tally.errors.items())),
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
@@ -234,6 +239,10 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
                           f"(a marker is written last: the next run resumes or starts afresh)") from exc
     marker["output"] = d.uri_of(f"{runs.RUN_PREFIX}{run_id}")
     return marker
+
+
+def _by_ext(counts: dict) -> str:
+    return ", ".join(f"{ext} {n}" for ext, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
 
 
 def _why(exc: BaseException) -> str:
@@ -343,6 +352,8 @@ def summary_text(m: dict) -> str:
         f"  output     {m.get('output') or m.get('dest')}",
         f"  objects    {m.get('objects_listed')} listed, {m.get('objects_skipped')} already labeled, "
         f"{m.get('objects')} labeled in this run" + (f" ({m['resumed_objects']} resumed)" if m.get("resumed_objects") else ""),
+        *([f"  left out  {sum(m['not_images'].values())} files that are not images: {_by_ext(m['not_images'])}"]
+          if m.get("not_images") else []),
         f"  rows       {m.get('rows')} ({m.get('faces_labeled')} labeled faces, {m.get('error_rows')} error rows)",
     ]
     errs = m.get("errors") or {}

@@ -73,7 +73,7 @@ def is_manifest(source: str) -> bool:
     return source.lower().endswith((".txt", ".parquet"))
 
 
-def list_source(source: str) -> list[storage.ObjectInfo]:
+def list_source(source: str, skipped=None) -> list[storage.ObjectInfo]:
     """SOURCE -> sorted ObjectInfo list. Folder/prefix: recursive listing with the image-extension
     filter. Manifest (.txt one URI a line, or .parquet with a `uri` column): exactly its entries."""
     try:
@@ -82,7 +82,7 @@ def list_source(source: str) -> list[storage.ObjectInfo]:
             if not fs.isfile(path):
                 raise FerRayError(f"no such source: {source}")
             return sorted(_manifest_infos(read_manifest(source)), key=lambda o: o.uri)
-        return storage.list_objects(source)
+        return storage.list_objects(source, skipped=skipped)
     except FileNotFoundError:
         raise FerRayError(f"no such source: {source}") from None
     except PermissionError:

@@ -305,8 +305,9 @@ class ObjectInfo:
     etag: str  # S3 ETag, or mtime_ns for local files: changes when the content is replaced
 
 
-def list_objects(uri: str, extensions=IMAGE_EXTENSIONS) -> list[ObjectInfo]:
-    """Recursive listing, filtered by extension (case-insensitive), sorted by URI."""
+def list_objects(uri: str, extensions=IMAGE_EXTENSIONS, skipped=None) -> list[ObjectInfo]:
+    """Recursive listing, filtered by extension (case-insensitive), sorted by URI. `skipped`, a
+    Counter, counts the files left out, by extension ("(none)" for names without one)."""
     fs, root = filesystem(uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"no such source: {uri}")
@@ -319,6 +320,9 @@ def list_objects(uri: str, extensions=IMAGE_EXTENSIONS) -> list[ObjectInfo]:
         if info.get("type") == "directory":
             continue
         if extensions and not path.lower().endswith(tuple(extensions)):
+            if skipped is not None:
+                ext = posixpath.splitext(posixpath.basename(path))[1].lower()
+                skipped[ext or "(none)"] += 1
             continue
         out.append(object_info(to_uri(path, uri), info))
     return sorted(out, key=lambda o: o.uri)

@@ -263,11 +263,13 @@ def test_label_s3_to_s3_every_row(ray_local, bucket, capsys):
     listing = storage.list_objects(src)
     assert len(listing) == 200 + len(cat)
     assert "run first" in out and f"{len(listing)} labeled in this run" in out and "errors" in out
+    assert "left out  1 files that are not images: .txt 1" in out
     (marker,) = runs.committed_runs(dest)
     t = _read(dest)
     _once(t, listing)
     _check_rows(t, marker)
     assert marker["objects"] == marker["objects_listed"] == len(listing)
+    assert marker["not_images"] == {".txt": 1}  # said, not silently dropped
     assert marker["precision"] == "int8"  # the shipped CPU model is calibrated: its actors run int8
     assert marker["errors"]["empty file"] >= 1 and marker["errors"]["cannot decode image: UnidentifiedImageError"] >= 1
     assert set(t.column("run_id").to_pylist()) == {"first"}
