@@ -11,7 +11,7 @@ import sys
 
 from .errors import FerRayError, UsageError
 
-COMMANDS = ("prepare", "train", "evaluate", "quantize", "ensemble", "predict", "label", "query", "report")
+COMMANDS = ("prepare", "train", "evaluate", "quantize", "ensemble", "predict", "label", "query", "report", "serve")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,6 +1,7 @@
 """From a decoded image to the model's inputs: which faces, framed the way FER-2013 frames them.
 
     faces(img, mode) -> [Face(box, pixels, source)]   the one path every consumer uses
+    from_bytes(data, mode) -> (width, height, faces)  the same from image bytes
     frame(gray, box) -> uint8 48x48                     a face box -> the crop the model expects
     frame_crops(pixels, mode) -> (uint8 (N,48,48), counts)   a batch of crops from elsewhere
 
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from . import faces as detector
-from .preprocess import INPUT_SIZE, to_gray
+from .preprocess import INPUT_SIZE, decode, to_gray
 
 MODES = ("auto", "crop", "detect")
 SOURCES = ("as-framed", "detected", "whole-image")
@@ -122,6 +123,13 @@ def faces(img: Image.Image, mode: str = "auto", size: int = INPUT_SIZE) -> list[
             return [Face(whole, _whole(gray, size), "as-framed")]
     arr = np.asarray(gray, dtype=np.uint8)
     return [Face(_clip(b, width, height), frame(arr, b, size), "detected") for b in boxes]
+
+
+def from_bytes(data: bytes, mode: str = "auto", size: int = INPUT_SIZE) -> tuple[int, int, list[Face]]:
+    """Image bytes -> (width, height, faces): what the labeler and the server do with each image.
+    Raises preprocess.DecodeError for bytes that are no usable image."""
+    img = decode(data)
+    return img.width, img.height, faces(img, mode, size)
 
 
 def frame_crops(pixels, mode: str = "auto", threads: int | None = None) -> tuple[np.ndarray, dict]:

@@ -54,12 +54,6 @@ class Labeler:
         self.compute = threading.Lock()  # batches fetch concurrently, but compute one at a time
         self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
 
-    def _crops(self, data, mode):
-        """bytes -> (width, height, [framing.Face]) or raises DecodeError/ValueError."""
-        from .preprocess import decode
-
-        img = decode(data)
-        return img.width, img.height, framing.faces(img, mode, self.size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         uris = batch.column("uri").to_pylist()
@@ -92,7 +86,7 @@ class Labeler:
                 rows.append((i, 0, None, None, None, None, storage.fetch_error(data), None))
                 continue
             try:
-                width, height, crops = self._crops(data, self.faces)
+                width, height, crops = framing.from_bytes(data, self.faces, self.size)
             except DecodeError as exc:
                 rows.append((i, 0, None, None, None, None, str(exc) or "cannot decode image", None))
                 continue
