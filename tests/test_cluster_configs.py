@@ -56,6 +56,9 @@ KNOWN = {
                     "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus",
                     "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend"},
     "RayCronJob.spec": {"jobTemplate", "schedule", "suspend"},
+    "RayService.spec": {"serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy", "managedBy",
+                        "excludeHeadPodFromServeSvc", "rayClusterDeletionDelaySeconds",
+                        "serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"},
     "autoscalerOptions": {"resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds",
                           "upscalingMode", "env", "envFrom", "volumeMounts", "version"},
     "authOptions": {"mode"},
@@ -198,7 +201,8 @@ def rayjob_specs():
 
 def test_the_expected_manifests_exist():
     kinds = {doc.get("kind") for _, doc in all_docs()}
-    assert {"RayCluster", "RayJob", "RayCronJob", "CronJob", "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert {"RayCluster", "RayJob", "RayCronJob", "RayService", "CronJob", "ServiceAccount", "Role",
+            "RoleBinding"} <= kinds
     assert os.path.isfile(os.path.join(AWS, "cluster.yaml"))
 
 
@@ -327,6 +331,42 @@ def test_runtime_env_ships_the_code_and_the_dependencies():
         setup = " ".join(yaml.safe_load(f)["setup_commands"])
     installed = {req_norm(t) for t in shlex.split(setup)}
     assert deps <= installed, f"cluster/aws/cluster.yaml setup_commands lack {sorted(deps - installed)}"
+
+
+def test_rayservice_runs_the_serve_app_under_serves_own_schema():
+    """The RayService's serveConfigV2 is checked by Ray Serve's own config schema (its field lists:
+    no unknown keys), its import path builds fer-ray's application, and its runtime env carries
+    the package's dependencies and the serve extra."""
+    import importlib
+
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    services = [(w, d) for w, d in all_docs() if d.get("kind") == "RayService"]
+    assert services
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extra = {req_norm(d) for d in tomllib.load(f)["project"]["optional-dependencies"]["serve"]
+                 if req_name(d) != "ray"}
+    for where, doc in services:
+        spec, errors = doc["spec"], []
+        assert not unknown(spec, "RayService.spec"), f"{where}: unknown fields {sorted(unknown(spec, 'RayService.spec'))}"
+        check_raycluster_spec(f"{where} rayClusterConfig", spec["rayClusterConfig"], errors)
+        assert not errors, "\n".join(errors)
+        cfg = yaml.safe_load(spec["serveConfigV2"])
+        assert set(cfg) <= set(ServeDeploySchema.model_fields), f"{where}: unknown serveConfigV2 keys"
+        ServeDeploySchema.model_validate(cfg)
+        for app in cfg["applications"]:
+            assert set(app) <= set(ServeApplicationSchema.model_fields), f"{where}: unknown application keys"
+            module, attr = app["import_path"].split(":")
+            assert type(getattr(importlib.import_module(module), attr)).__name__ == "Application"
+            pip = app["runtime_env"]["pip"]
+            packages = {req_norm(p) for p in (pip.get("packages", []) if isinstance(pip, dict) else pip)}
+            missing_deps = (set(pyproject_dependencies().values()) | extra) - packages
+            assert not missing_deps, f"{where}: runtime_env pip lacks {sorted(missing_deps)}"
+            assert re.match(r"(s3|gs|https)://.+\.zip$", app["runtime_env"]["working_dir"])
 
 
 def test_portable_cronjob_has_the_rbac_its_script_uses():

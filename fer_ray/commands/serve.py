@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError
+from ..errors import FerRayError, UsageError
 
 HELP = "serve the model over HTTP (Ray Serve): POST /predict with image bytes or multipart files, GET /healthz"
 
@@ -37,9 +37,14 @@ def run(args) -> int:
     import time
 
     import ray
-    from ray import serve
 
-    from .. import bundle, serve as fer_serve
+    try:
+        from ray import serve
+
+        from .. import serve as fer_serve
+    except ImportError as exc:
+        raise FerRayError(f"fer-ray serve needs Ray Serve ({exc.name} is missing): pip install 'fer-ray[serve]'") from None
+    from .. import bundle
 
     if not 1 <= args.port <= 65535 or args.replicas < 1 or args.cpus_per_replica <= 0:
         raise UsageError("--port must be 1-65535, --replicas >= 1 and --cpus-per-replica > 0")
