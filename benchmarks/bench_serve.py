@@ -1,0 +1,171 @@
+"""`fer-ray serve` under concurrent clients, against an unbatched single-process endpoint.
+
+    .venv/bin/python benchmarks/bench_serve.py [--clients 1,8,32] [--seconds 15] [--json OUT.json]
+
+Both endpoints answer POST /predict with the same JSON from the same bundle (`fast`, int8) and the
+same image path (framing.from_bytes, inference.predict_probs):
+
+  serve      the Ray Serve application of `fer-ray serve` (1 replica, faces batched across requests)
+  unbatched  a plain threaded HTTP server in its own process: one forward pass per request
+
+For each payload (a 48x48 face crop; a 640x480 photo with one face) and each number of
+concurrent clients (threads with keep-alive connections, each sending its next request when the
+last one is answered) the script prints requests/s, p50 and p99 latency, and serve / unbatched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+UNBATCHED = r"""
+import json, sys, torch
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import numpy as np
+from fer_ray import bundle, framing, inference
+from fer_ray.emotions import EMOTIONS
+torch.set_num_threads(1)
+b = bundle.load("fast")
+lock = __import__("threading").Lock()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        _, _, faces = framing.from_bytes(data, "auto")
+        out = []
+        if faces:
+            with lock:
+                p = inference.predict_probs(b.model, b.inputs(np.stack([f.pixels for f in faces])))
+            out = [{"box": list(map(int, f.box)), "emotion": EMOTIONS[int(q.argmax())]} for f, q in zip(faces, p)]
+        body = json.dumps({"model_id": b.model_id, "images": [{"faces": out}]}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def payloads() -> dict[str, bytes]:
+    import matplotlib
+
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    portrait = Image.open(path).convert("RGB")
+    photo = Image.new("RGB", (640, 480), (150, 160, 170))
+    photo.paste(portrait.resize((300, 352)), (170, 64))
+    crop = portrait.convert("L").crop((137, 91, 392, 346)).resize((48, 48))
+    out = {}
+    for name, img, fmt in (("crop 48x48", crop, "PNG"), ("photo 640x480", photo, "JPEG")):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        out[name] = buf.getvalue()
+    return out
+
+
+def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
+    """`clients` threads, each with its own keep-alive connection, for `seconds`."""
+    latencies, errors, stop = [], [0], time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": "application/octet-stream"})
+                r = conn.getresponse()
+                ok = r.status == 200 and json.loads(r.read())["images"][0]["faces"]
+            except (OSError, http.client.HTTPException, ValueError):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            if ok:
+                mine.append(time.perf_counter() - t)
+            else:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {"rps": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None, "errors": errors[0], "requests": len(lat)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--json", metavar="OUT.json")
+    args = ap.parse_args()
+    import ray
+    from ray import serve
+
+    from fer_ray import serve as fer_serve
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    serve_port, plain_port = free_port(), free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    serve.run(fer_serve.build_app("fast"), name="fer-ray", route_prefix="/")
+    plain = subprocess.Popen([sys.executable, "-c", UNBATCHED, str(plain_port)], cwd=ROOT, stdout=subprocess.PIPE)
+    plain.stdout.readline()  # "ready"
+    out = {"cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2), "seconds": args.seconds,
+           "batch": fer_serve.BATCH, "results": {}}
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per cell")
+    try:
+        for name, body in payloads().items():
+            for clients in (int(c) for c in args.clients.split(",")):
+                row = {}
+                for who, port in (("unbatched", plain_port), ("serve", serve_port)):
+                    load(port, body, clients, 2.0)  # warm-up: connections, first calls
+                    row[who] = load(port, body, clients, args.seconds)
+                ratio = row["serve"]["rps"] / row["unbatched"]["rps"] if row["unbatched"]["rps"] else float("nan")
+                print(f"{name:14s} {clients:3d} clients  unbatched {row['unbatched']['rps']:7.1f} req/s "
+                      f"p50 {row['unbatched']['p50_ms'] or 0:6.1f} p99 {row['unbatched']['p99_ms'] or 0:6.1f} ms  |  "
+                      f"serve {row['serve']['rps']:7.1f} req/s p50 {row['serve']['p50_ms'] or 0:6.1f} "
+                      f"p99 {row['serve']['p99_ms'] or 0:6.1f} ms  |  x{ratio:.2f}  "
+                      f"errors {row['unbatched']['errors']}/{row['serve']['errors']}", flush=True)
+                out["results"][f"{name} / {clients}"] = row
+    finally:
+        plain.kill()
+        serve.shutdown()
+        ray.shutdown()
+    out["load_after"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
