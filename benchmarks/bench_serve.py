@@ -127,6 +127,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--replicas", type=int, default=1, help="serve replicas, 1 CPU each")
     ap.add_argument("--json", metavar="OUT.json")
     args = ap.parse_args()
     import ray
@@ -137,12 +138,13 @@ def main():
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve_port, plain_port = free_port(), free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    serve.run(fer_serve.build_app("fast"), name="fer-ray", route_prefix="/")
+    serve.run(fer_serve.build_app("fast", replicas=args.replicas), name="fer-ray", route_prefix="/")
     plain = subprocess.Popen([sys.executable, "-c", UNBATCHED, str(plain_port)], cwd=ROOT, stdout=subprocess.PIPE)
     plain.stdout.readline()  # "ready"
     out = {"cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2), "seconds": args.seconds,
-           "batch": fer_serve.BATCH, "results": {}}
-    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per cell")
+           "batch": fer_serve.BATCH, "replicas": args.replicas, "results": {}}
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per cell; "
+          f"serve: {args.replicas} replica(s)")
     try:
         for name, body in payloads().items():
             for clients in (int(c) for c in args.clients.split(",")):
