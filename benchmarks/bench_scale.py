@@ -23,17 +23,27 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The driver's steps, without importing torch (which the driver does import, but whose own
+# memory would hide the listing's in a high-water mark): the blocks are built as
+# label._uri_table builds them.
 STEP = r"""
-import json, resource, sys, time
-from fer_ray import label, runs, sources
+import json, sys, time
+import pyarrow as pa
+from fer_ray import runs, sources
 from fer_ray.sources import key
 manifest, dest = sys.argv[1], sys.argv[2]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import pyarrow.dataset, pyarrow.compute  # loaded before the baseline
+def hwm():  # peak RSS of this process image in KB (ru_maxrss would include the parent's, from before exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+base = hwm()
 t0 = time.perf_counter(); listing = sources.list_source(manifest); t1 = time.perf_counter()
 todo = sources.not_labeled(listing, dest); t2 = time.perf_counter()
 want = {key(o) for o in todo}
-blocks = [label._uri_table(todo[s:s + 256]) for s in range(0, len(todo), 256)]; t3 = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+schema = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
+blocks = [pa.Table.from_pydict({"uri": [o.uri for o in c], "size": [int(o.size) for o in c],
+                                "etag": [o.etag for o in c]}, schema=schema)
+          for c in (todo[s:s + 256] for s in range(0, len(todo), 256))]; t3 = time.perf_counter()
+peak = hwm()
 print(json.dumps({"listed": len(listing), "todo": len(todo), "blocks": len(blocks), "list_s": t1 - t0,
                   "not_labeled_s": t2 - t1, "plan_s": t3 - t2, "peak_rss_mb_above_imports": (peak - base) / 1024}))
 """
