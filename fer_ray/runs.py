@@ -366,7 +366,8 @@ class LeaseHeld(RuntimeError):
 class Lease:
     """One labeling run at a time per DEST: DEST/_lease.json names its owner and an expiry.
 
-    Taking it is atomic: an exclusive create on local disk (O_EXCL), a conditional PUT on S3
+    Taking it is atomic: an exclusive create on local disk (a hard link, which fails when the
+    lease exists and never shows a half-written one), a conditional PUT on S3
     (If-None-Match: *). A lease past its expiry (its run crashed) is taken over atomically too:
     a compare-and-replace under an flock on local disk, a PUT conditional on the old ETag on S3,
     so of two runs that find it stale only one wins. While the run goes on, a thread renews it
@@ -436,13 +437,27 @@ class Lease:
                 f.write(body)
             os.replace(tmp, self.path)
             return True
+        # Written aside, then hard-linked into place: the link appears with its content, or not
+        # at all (an exclusive create followed by a write would let another run read it empty,
+        # take it for stale and take it over)
+        tmp = f"{self.path}.{uuid.uuid4().hex[:6]}"
+        with open(tmp, "wb") as f:
+            f.write(body)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, self.path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        return True
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return True
+        finally:
+            os.remove(tmp)
 
     def _take_stale(self, etag: str | None, seen: dict) -> bool:
         if self.d.s3:

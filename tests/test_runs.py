@@ -154,7 +154,8 @@ def test_a_crashed_runs_lease_expires_and_only_one_takes_it_over(dest):
     import threading
     import time
 
-    crashed = runs.Lease(runs.Dest(dest), ttl=1.0, run="crashed").acquire()
+    # ttl long enough that the check below runs before it expires even on a busy machine
+    crashed = runs.Lease(runs.Dest(dest), ttl=4.0, run="crashed").acquire()
     crashed._stop.set()  # the process died: nobody renews or releases
     with pytest.raises(runs.LeaseHeld, match="crashed"):
         runs.Lease(runs.Dest(dest), ttl=60).acquire()
