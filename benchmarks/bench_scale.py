@@ -7,7 +7,7 @@ in a fresh process, it does what `fer-ray label` does before any image is decode
 manifest (sizes and ETags, one listing per folder), drop what DEST already holds (an Arrow
 anti-join against a DEST that has a committed run of the first half), and cut the rest into the
 input blocks the actor pool gets. Printed per size: seconds for each step, seconds per million
-objects, and the process's peak RSS above the interpreter's with fer-ray imported.
+objects, and the peak RSS the steps add (VmHWM of the fresh process, from before listing on).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from figures import write as write_figures  # benchmarks/figures.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,10 +127,7 @@ def main():
         out["marginal_kb_per_object"] = round(per, 3)
         print(f"marginal ({a:,} -> {b:,}): {per:.2f} KB of driver memory per listed object; "
               f"load average {os.getloadavg()[0]:.2f}")
-    out["load_after"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    write_figures(args.json, out)
 
 
 if __name__ == "__main__":

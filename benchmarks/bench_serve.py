@@ -20,7 +20,6 @@ import http.client
 import io
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from figures import write as write_figures  # noqa: E402  (benchmarks/figures.py)
 
 UNBATCHED = r"""
 import json, sys, torch
@@ -163,10 +163,7 @@ def main():
         plain.kill()
         serve.shutdown()
         ray.shutdown()
-    out["load_after"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    write_figures(args.json, out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ listing and lease done), and the ratio naive / contender (> 1: faster than the p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -32,6 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from figures import write as write_figures  # noqa: E402  (benchmarks/figures.py)
 
 NAIVE = r"""
 import os, sys
@@ -117,10 +117,7 @@ def main():
             out["sizes"][n] = rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out["load_after"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    write_figures(args.json, out)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -43,6 +42,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fer_ray import data, loop, models, train  # noqa: E402
+from figures import write as write_figures  # noqa: E402  (benchmarks/figures.py)
 
 
 class Timed:
@@ -220,10 +220,7 @@ def main():
               f"total, {mem.train / 2**30:.2f} GiB driver+train workers  wall {wall:.0f}s", flush=True)
 
 
-    if args.json:
-        figures["load_after"] = round(os.getloadavg()[0], 2)
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":
