@@ -25,6 +25,7 @@ from . import __version__, faces as faces_mod, framing, placement, runs, storage
 from .errors import FerRayError, one_line
 from .labeler import INPUT_SCHEMA, Labeler
 from .sources import key, list_source, listing_digest, not_labeled
+from .video import DEFAULT_FPS, is_video
 
 # Knobs measured by benchmarks/bench_label.py (see the README for the figures behind the defaults).
 TUNING = {
@@ -42,7 +43,7 @@ TUNING = {
     # when its estimated work here (objects x seconds per object for its faces mode; x10 with
     # TTA) exceeds this many seconds.
     "in_process_seconds": 30.0,
-    "seconds_per_object": {"crop": 0.0006, "auto": 0.01, "detect": 0.01},
+    "seconds_per_object": {"crop": 0.0006, "auto": 0.01, "detect": 0.01, "video": 5.0},
 }
 
 
@@ -64,13 +65,16 @@ class Job:
     tta: bool = False
     progress: bool = True
     ray: bool | None = None  # None: Ray for large runs, this process for small ones
+    video_fps: float = DEFAULT_FPS
 
-    def uses_ray(self, objects: int) -> bool:
+    def uses_ray(self, todo: list) -> bool:
         if self.ray is not None:
             return self.ray
         if self.gpu or self.workers is not None or os.environ.get("RAY_ADDRESS"):
             return True  # asked for actors, or submitted to a cluster
-        work = objects * TUNING["seconds_per_object"].get(self.faces, 0.01) * (10 if self.tta else 1)
+        cost = TUNING["seconds_per_object"]
+        videos = sum(is_video(o.uri) for o in todo)
+        work = ((len(todo) - videos) * cost.get(self.faces, 0.01) + videos * cost["video"]) * (10 if self.tta else 1)
         return work > TUNING["in_process_seconds"]
 
 
@@ -115,8 +119,9 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
 
 def run(source, dest, model=None, faces="auto", incremental=False, batch_size=256, workers=None,
         gpu=False, run_id=None, progress=True, echo=None, precision="auto", tta=False,
-        lease_seconds: float = 300.0, ray: bool | None = None) -> dict:
-    """Label every image under SOURCE into DEST; returns the commit marker (the run's summary)."""
+        lease_seconds: float = 300.0, ray: bool | None = None, video_fps: float = DEFAULT_FPS) -> dict:
+    """Label every image and video under SOURCE into DEST; returns the commit marker (the run's
+    summary). Videos are sampled at `video_fps` frames per second."""
     from . import bundle
 
     t0 = time.monotonic()
@@ -126,6 +131,8 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
         raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(framing.MODES)})")
     if batch_size < 1 or (workers is not None and workers < 1):
         raise FerRayError("batch size and workers must be >= 1")
+    if not 0 < video_fps <= 240:
+        raise FerRayError(f"video fps must be in (0, 240], got {video_fps}")
     if run_id is not None:
         try:
             runs.check_run_id(run_id)
@@ -139,7 +146,7 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
     if faces != "crop":
         _check_detector(faces)
     job = Job(source, dest, model, model_uri, checked.model_id, faces, incremental, batch_size, workers, gpu,
-              precision, tta, progress, ray)
+              precision, tta, progress, ray, float(video_fps))
 
     d = runs.Dest(dest)
     lease = runs.Lease(d, lease_seconds, run=run_id or "")
@@ -159,18 +166,18 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=25
 
 
 def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
-    not_images = collections.Counter()  # what the listing left out, by extension
+    not_images = collections.Counter()  # what the listing left out (neither image nor video), by extension
     listing = list_source(job.source, skipped=not_images)
     started = runs.utcnow()
     todo_all = not_labeled(listing, job.dest) if job.incremental else listing
     info = {"run_id": run_id, "source": job.source, "dest": job.dest, "model_id": job.model_id, "faces": job.faces,
-            "started_at": started, "incremental": job.incremental}
+            "video_fps": job.video_fps, "started_at": started, "incremental": job.incremental}
     try:
         run_id, parts, staged_keys = runs.start(d, info, want={key(o) for o in todo_all})
     except ValueError as exc:
         raise FerRayError(str(exc)) from None
     todo = [o for o in todo_all if key(o) not in staged_keys]
-    on_ray = bool(todo) and job.uses_ray(len(todo))
+    on_ray = bool(todo) and job.uses_ray(todo)
     left_out = sum(not_images.values())
     say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {job.source}"
         + (f" ({left_out} other files left out: {_by_ext(not_images)})" if left_out else "") + ", "
@@ -221,10 +228,11 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
     marker = {
         "run_id": run_id, "started_at": started, "source": job.source, "dest": job.dest,
         "model_id": job.model_id, "model": job.model or "shipped:" + os.path.basename(job.model_uri),
-        "faces": job.faces, "precision": job.precision, "tta": bool(job.tta), "ray": on_ray,
+        "faces": job.faces, "video_fps": job.video_fps, "precision": job.precision, "tta": bool(job.tta), "ray": on_ray,
         "incremental": job.incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
         "not_images": dict(sorted(not_images.items())),
+        "videos": sum(is_video(o.uri) for o in todo), "video_frames": counts["frames"],
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(tally.errors.items())),
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
@@ -288,9 +296,16 @@ def label_here(todo, job: Job, run_id: str, loaded):
 
     stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(), gpu=job.gpu,
                     forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
-                    precision=job.precision, tta=job.tta, loaded=loaded)
-    for s in range(0, len(todo), job.batch_size):
-        yield stage(_uri_table(todo[s : s + job.batch_size]))
+                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps)
+    for chunk in blocks(todo, job.batch_size):
+        yield stage(_uri_table(chunk))
+
+
+def blocks(todo: list, size: int) -> list[list]:
+    """Batches of at most `size` images, and each video alone: a video is many images' work, and
+    a batch of several would keep one actor busy while the others wait."""
+    images = [o for o in todo if not is_video(o.uri)]
+    return [images[s : s + size] for s in range(0, len(images), size)] + [[o] for o in todo if is_video(o.uri)]
 
 
 def build_dataset(ray, todo, job: Job, run_id: str):
@@ -305,8 +320,8 @@ def build_dataset(ray, todo, job: Job, run_id: str):
     # Blocks of hundreds of URIs (no per-file read tasks), one block = one batch; small jobs get
     # smaller blocks so that every actor has work and the tail is short (>= 4 blocks per actor).
     block = max(1, min(job.batch_size, max(32, -(-len(todo) // (4 * n)))))
-    n = min(n, -(-len(todo) // block))
-    tables = [_uri_table(todo[s : s + block]) for s in range(0, len(todo), block)]
+    tables = [_uri_table(chunk) for chunk in blocks(todo, block)]
+    n = min(n, len(tables))
     # from_blocks keeps exactly these blocks and reads their metadata here; from_arrow would run
     # one remote task per block just to read it back.
     make = getattr(ray.data, "from_blocks", None) or ray.data.from_arrow
@@ -325,8 +340,9 @@ def build_dataset(ray, todo, job: Job, run_id: str):
                                        threads=threads, gpu=job.gpu, precision=job.precision, tta=job.tta,
                                        forward_chunk=int(TUNING["forward_chunk"]),
                                        fetch_threads=int(TUNING["fetch_threads"]),
-                                       freeze=len(todo) / n >= TUNING["freeze_min_images"]),
-            batch_size=block,
+                                       freeze=len(todo) / n >= TUNING["freeze_min_images"],
+                                       video_fps=job.video_fps),
+            batch_size=None,  # one block, one batch: blocks() decided what goes together
             batch_format="pyarrow",
             zero_copy_batch=True,
             compute=ActorPoolStrategy(
@@ -352,8 +368,10 @@ def summary_text(m: dict) -> str:
         f"  output     {m.get('output') or m.get('dest')}",
         f"  objects    {m.get('objects_listed')} listed, {m.get('objects_skipped')} already labeled, "
         f"{m.get('objects')} labeled in this run" + (f" ({m['resumed_objects']} resumed)" if m.get("resumed_objects") else ""),
-        *([f"  left out  {sum(m['not_images'].values())} files that are not images: {_by_ext(m['not_images'])}"]
-          if m.get("not_images") else []),
+        *([f"  videos     {m['videos']} ({m.get('video_frames')} frames sampled at {m.get('video_fps')} fps)"]
+          if m.get("videos") else []),
+        *([f"  left out   {sum(m['not_images'].values())} files that are neither images nor videos: "
+           f"{_by_ext(m['not_images'])}"] if m.get("not_images") else []),
         f"  rows       {m.get('rows')} ({m.get('faces_labeled')} labeled faces, {m.get('error_rows')} error rows)",
     ]
     errs = m.get("errors") or {}

@@ -1,10 +1,12 @@
 """The worker side of labeling: one Labeler per Ray actor turns a batch of URI rows into label
 rows (fetch the bytes concurrently -> decode with per-row errors -> framing.faces -> one
-forward pass -> rows in LABEL_SCHEMA). Nothing raises out of a batch because of one object."""
+forward pass -> rows in LABEL_SCHEMA). A video goes the same way a sampled frame at a time
+(video.Clip). Nothing raises out of a batch because of one object."""
 
 from __future__ import annotations
 
 import datetime as _dt
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -13,18 +15,19 @@ from . import framing, storage
 from .inference import predict_probs
 from .emotions import EMOTIONS
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
+from .video import DEFAULT_FPS, Clip, is_video
 
 INPUT_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
 MAX_OBJECT_BYTES = 64 << 20  # larger objects are not fetched: one error row instead
 FETCH_BYTES = 64 << 20  # at most this many bytes fetched at once per batch in flight
-
+NO_FACE = "no-face"  # face_source of a sampled video frame where no face was found
 
 
 class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
     def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None):
+                 fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None, video_fps=DEFAULT_FPS):
         """`loaded`: the bundle already in memory (labeling in the driver's process), else loaded here."""
         import threading
 
@@ -47,6 +50,7 @@ class Labeler:
         if self.bundle.model_id != model_id:
             raise RuntimeError(f"model changed under the run: {self.bundle.model_id} != {model_id}")
         self.model_id, self.run_id, self.faces, self.tta = model_id, run_id, faces, tta
+        self.video_fps = float(video_fps)
         self.size = int(self.bundle.meta["preprocess"].get("input_size", 48))
         self.classes = self.bundle.classes
         self.chunk = forward_chunk if self.device.type == "cpu" else 1024
@@ -59,10 +63,11 @@ class Labeler:
         uris = batch.column("uri").to_pylist()
         sizes = batch.column("size").to_pylist()
         etags = batch.column("etag").to_pylist()
-        rows = [(i, 0, None, None, None, None, f"file too large ({s} bytes)", None)
-                for i, s in enumerate(sizes) if s > MAX_OBJECT_BYTES]
-        probs = [np.full((len(rows), len(EMOTIONS)), np.nan, np.float32)]
-        for group in _byte_groups([i for i, s in enumerate(sizes) if s <= MAX_OBJECT_BYTES], sizes):
+        videos = [i for i, u in enumerate(uris) if is_video(u)]
+        images = [i for i, u in enumerate(uris) if not is_video(u)]
+        rows = [Row(i, error=f"file too large ({sizes[i]} bytes)") for i in images if sizes[i] > MAX_OBJECT_BYTES]
+        probs = [_nan(len(rows))]
+        for group in _byte_groups([i for i in images if sizes[i] <= MAX_OBJECT_BYTES], sizes):
             datas = self.fetcher.fetch([uris[i] for i in group])  # concurrent; no lock held
             for data in datas:  # the store, not the object, failed: no error row, the batch fails
                 if isinstance(data, storage.TransientError):
@@ -72,69 +77,138 @@ class Labeler:
             rows += r
             probs.append(p)
             del datas
+        for i in videos:
+            r, p = self._label_video(i, uris[i])
+            rows += r
+            probs.append(p)
         return self._table(rows, np.concatenate(probs), uris, sizes, etags)
 
     def _label(self, items):
-        """[(object index, bytes or exception)] -> (rows, probs): rows are (object index,
-        face_index, box, width, height, pixels, error, face source); probs (rows, 7) with NaN for
-        error rows."""
+        """[(object index, bytes or exception)] -> (rows, probs (rows, 7), NaN where no label)."""
         from .preprocess import DecodeError
 
         rows = []
         for i, data in items:
             if isinstance(data, BaseException):
-                rows.append((i, 0, None, None, None, None, storage.fetch_error(data), None))
+                rows.append(Row(i, error=storage.fetch_error(data)))
                 continue
             try:
                 width, height, crops = framing.from_bytes(data, self.faces, self.size)
             except DecodeError as exc:
-                rows.append((i, 0, None, None, None, None, str(exc) or "cannot decode image", None))
+                rows.append(Row(i, error=str(exc) or "cannot decode image"))
                 continue
             except Exception as exc:  # noqa: BLE001 - any per-object failure is a row, never a crash
-                rows.append((i, 0, None, None, None, None, f"cannot process image: {type(exc).__name__}", None))
+                rows.append(Row(i, error=f"cannot process image: {type(exc).__name__}"))
                 continue
             if not crops:
-                rows.append((i, 0, None, width, height, None, "no face detected", None))
+                rows.append(Row(i, width=width, height=height, error="no face detected"))
             for j, face in enumerate(crops):
-                rows.append((i, j, face.box, width, height, face.pixels, None, face.source))
-        good = [k for k, r in enumerate(rows) if r[5] is not None]
-        probs = np.full((len(rows), len(EMOTIONS)), np.nan, np.float32)
+                rows.append(Row(i, j, face.box, width, height, face.pixels, None, face.source))
+        return self._forward(rows)
+
+    def _label_video(self, i: int, uri: str):
+        """One video object -> (rows, probs): its sampled frames a chunk at a time (memory flat in
+        the video's length), then an error row if it could not be read to the end."""
+        from PIL import Image
+
+        mode = "crop" if self.faces == "crop" else "detect"  # a frame with no face stays unlabelled
+        rows, probs, pending = [], [], []
+
+        def flush():
+            r, p = self._forward(pending)
+            rows.extend(x._replace(pixels=None) for x in r)
+            probs.append(p)
+            pending.clear()
+
+        try:
+            with self.fetcher.local_copy(uri) as path:  # S3: streamed to a temporary file
+                clip = Clip(path, self.video_fps)
+                with self.compute:
+                    for f in clip.frames():
+                        h, w = f.gray.shape
+                        found = framing.faces(Image.fromarray(f.gray), mode, self.size)
+                        pending.extend(Row(i, j, c.box, w, h, c.pixels, None, c.source, f.index, f.time_s)
+                                       for j, c in enumerate(found))
+                        if not found:
+                            pending.append(Row(i, 0, None, w, h, None, None, NO_FACE, f.index, f.time_s))
+                        if len(pending) >= self.chunk:
+                            flush()
+                    flush()
+            error = clip.error
+            frame, time_s = clip.stopped_at
+        except storage.TransientError:
+            raise
+        except OSError as exc:
+            error, frame, time_s, clip = storage.fetch_error(exc), None, None, None
+        except Exception as exc:  # noqa: BLE001 - a decoder failure is this object's error row
+            error, frame, time_s, clip = f"cannot process video: {type(exc).__name__}", None, None, None
+        if error:
+            size = (clip.width, clip.height) if clip else (None, None)
+            rows.append(Row(i, 0, None, *size, None, error, None, frame, time_s))
+            probs.append(_nan(1))
+        return rows, np.concatenate(probs) if probs else _nan(0)
+
+    def _forward(self, rows):
+        """The model over the rows that hold pixels: (rows, probs in EMOTIONS order, NaN elsewhere)."""
+        good = [k for k, r in enumerate(rows) if r.pixels is not None]
+        probs = _nan(len(rows))
         if good:
-            x = self.bundle.inputs(np.stack([rows[k][5] for k in good]))
+            x = self.bundle.inputs(np.stack([rows[k].pixels for k in good]))
             with self.torch.inference_mode():
                 probs[good] = predict_probs(self.model, x, batch_size=self.chunk, tta=self.tta)[:, self.order]
         return rows, probs
 
     def _table(self, rows, probs, uris, sizes, etags) -> pa.Table:
         n = len(rows)
-        ok = np.array([r[5] is not None for r in rows], bool)
+        ok = ~np.isnan(probs).any(1) if n else np.zeros(0, bool)
         best = np.where(ok, probs.argmax(1) if n else 0, -1)
         labels = [EMOTIONS[b] if b >= 0 else None for b in best]
         conf = np.where(ok, probs.max(1) if n else 0, np.nan).astype(np.float32)
-        box = [r[2] for r in rows]
+        box = [r.box for r in rows]
         now = _dt.datetime.now(_dt.timezone.utc)
         mask = ~ok
         cols = {
-            "image_path": [uris[r[0]] for r in rows],
-            "face_index": pa.array([r[1] for r in rows], pa.int32()),
+            "image_path": [uris[r.obj] for r in rows],
+            "face_index": pa.array([r.face for r in rows], pa.int32()),
+            "frame_index": pa.array([r.frame for r in rows], pa.int32()),
+            "timestamp_s": pa.array([r.time_s for r in rows], pa.float64()),
             "label": pa.array(labels, pa.string()),
             "confidence": pa.array(conf, pa.float32(), mask=mask),
             **{c: pa.array(probs[:, k], pa.float32(), mask=mask) for k, c in enumerate(PROB_COLUMNS)},
-            "error": pa.array([r[6] for r in rows], pa.string()),
+            "error": pa.array([r.error for r in rows], pa.string()),
             "box_x": pa.array([b[0] if b else None for b in box], pa.int32()),
             "box_y": pa.array([b[1] if b else None for b in box], pa.int32()),
             "box_w": pa.array([b[2] if b else None for b in box], pa.int32()),
             "box_h": pa.array([b[3] if b else None for b in box], pa.int32()),
-            "face_source": pa.array([r[7] for r in rows], pa.string()),
-            "image_width": pa.array([r[3] for r in rows], pa.int32()),
-            "image_height": pa.array([r[4] for r in rows], pa.int32()),
-            "object_size": pa.array([sizes[r[0]] for r in rows], pa.int64()),
-            "object_etag": pa.array([etags[r[0]] for r in rows], pa.string()),
+            "face_source": pa.array([r.source for r in rows], pa.string()),
+            "image_width": pa.array([r.width for r in rows], pa.int32()),
+            "image_height": pa.array([r.height for r in rows], pa.int32()),
+            "object_size": pa.array([sizes[r.obj] for r in rows], pa.int64()),
+            "object_etag": pa.array([etags[r.obj] for r in rows], pa.string()),
             "model_id": pa.array([self.model_id] * n, pa.string()),
             "run_id": pa.array([self.run_id] * n, pa.string()),
             "labeled_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
         return pa.Table.from_pydict(cols, schema=LABEL_SCHEMA)
+
+
+class Row(NamedTuple):
+    """One output row before the model: which object (index in the batch), face and frame."""
+
+    obj: int
+    face: int = 0
+    box: tuple | None = None
+    width: int | None = None
+    height: int | None = None
+    pixels: np.ndarray | None = None  # the model's input; None for rows without a label
+    error: str | None = None
+    source: str | None = None  # framing.SOURCES or NO_FACE
+    frame: int | None = None  # video frame index
+    time_s: float | None = None
+
+
+def _nan(n: int) -> np.ndarray:
+    return np.full((n, len(EMOTIONS)), np.nan, np.float32)
 
 
 def frozen(model, size: int = 48):

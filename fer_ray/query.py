@@ -452,6 +452,37 @@ def labels(dest, columns=None, sort: str | None = None, limit: int | None = None
     return _frame(read_all(execute(out, q)), arrow)
 
 
+def timeline_sql(window: float) -> str:
+    """Per video and window of `window` seconds: sampled frames, frames with a labeled face,
+    labeled faces, the most frequent emotion (ties go to the first in EMOTIONS order) and each
+    emotion's share of the faces (null where there are none)."""
+    if not window > 0:
+        raise UsageError(f"the timeline window must be > 0 seconds, got {window}")
+    w = float(window)
+    counts = ", ".join(f"count_if(label = '{e}') AS n_{e}" for e in EMOTIONS)
+    most = f"greatest({', '.join(f'n_{e}' for e in EMOTIONS)})"
+    top = " ".join(f"WHEN n_{e} = {most} THEN '{e}'" for e in EMOTIONS)
+    shares = ", ".join(f"round(n_{e} / nullif(faces, 0), 4) AS {quote(e)}" for e in EMOTIONS)
+    return f"""
+        WITH w AS (
+            SELECT image_path AS video, floor(timestamp_s / {w}) * {w} AS window_start_s,
+                   count(DISTINCT frame_index) AS frames,
+                   count(DISTINCT frame_index) FILTER (WHERE label IS NOT NULL) AS frames_with_faces,
+                   count(label) AS faces, {counts}
+            FROM {TABLE} WHERE frame_index IS NOT NULL AND error IS NULL
+            GROUP BY ALL)
+        SELECT video, window_start_s, window_start_s + {w} AS window_end_s, frames, frames_with_faces, faces,
+               CASE WHEN faces = 0 THEN NULL {top} END AS top_emotion, {shares}
+        FROM w ORDER BY video, window_start_s"""
+
+
+def timeline(dest, window: float = 10.0, arrow: bool = False, **filters):
+    """Per video and time window: frames, faces and emotion shares (see timeline_sql). Videos
+    labeled in several runs mix their rows: filter with run=... to pick one."""
+    out = open(dest, **filters)
+    return _frame(read_all(execute(out, timeline_sql(window))), arrow)
+
+
 def sql(dest, query: str, arrow: bool = False, **filters):
     """Run `query` (DuckDB SQL) against the table `labels` (the committed rows, after any
     filters) and `runs` (the commit markers). Returns a DataFrame (or an Arrow table)."""

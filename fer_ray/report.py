@@ -31,7 +31,9 @@ COLORS = {
 }
 HIST_BINS = 20
 THUMB_PX = 112
-MAX_THUMB_BYTES = 32 << 20  # a larger object is not fetched for a thumbnail
+MAX_THUMB_BYTES = 32 << 20  # a larger image is not fetched for a thumbnail
+MAX_VIDEO_THUMB_BYTES = 1 << 30  # nor a larger video from S3 (a local one is read in place)
+MAX_TIMELINES = 12  # videos with a timeline chart; the table lists them all
 
 
 def _color(emotion: str) -> str:
@@ -59,7 +61,8 @@ def extremes(out: Q.Output, n: int) -> dict[str, dict[str, list[dict]]]:
     max_by/min_by with a count keep a top-n heap per emotion: one pass, no sort of all rows."""
     if n <= 0:
         return {}
-    fields = ["image_path", "face_index", "confidence", "box_x", "box_y", "box_w", "box_h", "run_id"]
+    fields = ["image_path", "frame_index", "timestamp_s", "face_index", "confidence", "box_x", "box_y", "box_w",
+              "box_h", "object_size", "run_id"]
     row = "{" + ", ".join(f"'{f}': {Q.quote(f)}" for f in fields) + "}"
     rows = Q.read_all(Q.execute(out, f"""
         SELECT label, max_by({row}, confidence, {int(n)}) AS high, min_by({row}, confidence, {int(n)}) AS low
@@ -68,10 +71,61 @@ def extremes(out: Q.Output, n: int) -> dict[str, dict[str, list[dict]]]:
     res: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         high = [dict(x, label=r["label"]) for x in r["high"] or []]
-        taken = {(x["image_path"], x["face_index"]) for x in high}
-        low = [dict(x, label=r["label"]) for x in r["low"] or [] if (x["image_path"], x["face_index"]) not in taken]
+        taken = {thumb_key(x) for x in high}
+        low = [dict(x, label=r["label"]) for x in r["low"] or [] if thumb_key(x) not in taken]
         res[r["label"]] = {"high": high, "low": low}
     return res
+
+
+def thumb_key(r: dict) -> tuple:
+    return r["image_path"], r.get("frame_index"), r["face_index"]
+
+
+def thumbnails(rows: list[dict]) -> dict[tuple, bytes | str]:
+    """PNG thumbnail (or why there is none) per row of `extremes`: every image fetched once,
+    concurrently; each video opened once for all its frames."""
+    out: dict = {}
+    images = [r for r in rows if r.get("frame_index") is None]
+    got = fetch_images(sorted({r["image_path"] for r in images})) if images else {}
+    for r in images:
+        data = got.get(r["image_path"])
+        if isinstance(data, Exception) or data is None:
+            out[thumb_key(r)] = _why(data) if data is not None else "not fetched"
+            continue
+        try:
+            out[thumb_key(r)] = thumbnail(data, _box(r))
+        except Exception as exc:  # noqa: BLE001 - a changed/corrupt object -> placeholder
+            out[thumb_key(r)] = _why(exc)
+    by_video: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("frame_index") is not None:
+            by_video.setdefault(r["image_path"], []).append(r)
+    for uri, frames in by_video.items():
+        out.update(_video_thumbs(uri, frames))
+    return out
+
+
+def _video_thumbs(uri: str, rows: list[dict]) -> dict:
+    from PIL import Image
+
+    from .video import frame_at
+
+    if storage.is_s3(uri) and max(r.get("object_size") or 0 for r in rows) > MAX_VIDEO_THUMB_BYTES:
+        return {thumb_key(r): "video too large for a thumbnail" for r in rows}
+    out = {}
+    try:
+        with storage.Fetcher(1).local_copy(uri) as path:
+            for r in rows:
+                gray = frame_at(path, r["frame_index"])
+                out[thumb_key(r)] = (_thumb(Image.fromarray(gray), _box(r)) if gray is not None
+                                     else "frame not readable")
+    except Exception as exc:  # noqa: BLE001 - a video gone or changed since -> placeholders
+        return {thumb_key(r): _why(exc) for r in rows}
+    return out
+
+
+def _box(r: dict) -> tuple:
+    return r["box_x"], r["box_y"], r["box_w"], r["box_h"]
 
 
 def fetch_images(uris: list[str]) -> dict[str, bytes | Exception]:
@@ -89,7 +143,10 @@ def thumbnail(data: bytes, box=None, size: int = THUMB_PX) -> bytes:
     to `box` (x, y, w, h) when one is set, scaled to fit `size` x `size`."""
     from .preprocess import decode  # the labeling job's decode: same upright pixel grid as the boxes
 
-    img = decode(data)
+    return _thumb(decode(data), box, size)
+
+
+def _thumb(img, box=None, size: int = THUMB_PX) -> bytes:
     if box and all(v is not None for v in box):
         x, y, w, h = (int(v) for v in box)
         if w > 0 and h > 0 and (x, y, w, h) != (0, 0, img.width, img.height):
@@ -106,6 +163,23 @@ def thumbnail(data: bytes, box=None, size: int = THUMB_PX) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+WINDOWS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def video_timelines(out: Q.Output) -> dict:
+    """{'window': seconds, 'videos': {video: its `query --timeline` rows}}: one window for the
+    whole report, the smallest round one that gives the longest video at most ~60 windows."""
+    longest = Q.read_all(Q.execute(out, f"SELECT max(timestamp_s) AS t FROM {Q.TABLE} "
+                                        "WHERE frame_index IS NOT NULL")).column("t")[0].as_py()
+    if longest is None:
+        return {"window": None, "videos": {}}
+    window = next((w for w in WINDOWS if w >= longest / 60), WINDOWS[-1])
+    videos: dict[str, list[dict]] = {}
+    for r in Q.read_all(Q.execute(out, Q.timeline_sql(window))).to_pylist():
+        videos.setdefault(r["video"], []).append(r)
+    return {"window": window, "videos": videos}
 
 
 # ------------------------------------------------------------------------------------ charts
@@ -200,6 +274,26 @@ def runs_chart(summary: dict) -> bytes:
     return _png(fig)
 
 
+def timeline_chart(video: str, rows: list[dict], window: float) -> bytes:
+    """Emotion shares of the faces per time window of one video (blank where no face was seen)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    starts = [r["window_start_s"] for r in rows]
+    bottom = [0.0] * len(rows)
+    for e in EMOTIONS:
+        shares = [r[e] or 0.0 for r in rows]
+        ax.bar(starts, shares, width=window, bottom=bottom, align="edge", color=_color(e), label=e, linewidth=0)
+        bottom = [b + v for b, v in zip(bottom, shares)]
+    ax.set_xlim(0, max(r["window_end_s"] for r in rows))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"time (s), windows of {window:g} s")
+    ax.set_ylabel("share of faces")
+    ax.set_title(video.rsplit("/", 1)[-1], fontsize=10)
+    ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
 # ------------------------------------------------------------------------------------ HTML
 
 CSS = """
@@ -276,9 +370,11 @@ def _thumbs_html(ex: dict, images: dict) -> str:
                 continue
             figs = []
             for r in rows:
-                thumb = images.get((r["image_path"], r["face_index"]))
+                thumb = images.get(thumb_key(r))
                 name = r["image_path"].rsplit("/", 1)[-1]
                 face = f" · face {r['face_index']}" if r["face_index"] else ""
+                if r.get("timestamp_s") is not None:
+                    face += f" · {r['timestamp_s']:.1f} s"
                 if isinstance(thumb, bytes):
                     pic = _img(thumb, f"{emotion} {r['confidence']:.3f} {name}")
                 else:
@@ -314,26 +410,14 @@ def build(dest, out_html: str, thumbs: int = 4, title: str | None = None, **filt
     hist = confidence_histogram(out)
     ex = extremes(out, thumbs)
 
-    # thumbnails: fetch every needed image once, concurrently
-    wanted = sorted({r["image_path"] for g in ex.values() for rows in g.values() for r in rows})
-    got = fetch_images(wanted) if wanted else {}
-    images: dict = {}
-    for g in ex.values():
-        for rows in g.values():
-            for r in rows:
-                data = got.get(r["image_path"])
-                k = (r["image_path"], r["face_index"])
-                if isinstance(data, Exception) or data is None:
-                    images[k] = _why(data) if data is not None else "not fetched"
-                    continue
-                try:
-                    images[k] = thumbnail(data, (r["box_x"], r["box_y"], r["box_w"], r["box_h"]))
-                except Exception as exc:  # noqa: BLE001 - a changed/corrupt object -> placeholder
-                    images[k] = _why(exc)
+    images = thumbnails([r for g in ex.values() for rows in g.values() for r in rows])
+    videos = video_timelines(out)
 
     charts = {"emotions": emotion_chart(s), "confidence": confidence_chart(hist, s)}
     if len(s["runs"]) > 1:
         charts["runs"] = runs_chart(s)
+    for k, (video, rows) in enumerate(list(videos["videos"].items())[:MAX_TIMELINES]):
+        charts[f"timeline-{k + 1}"] = timeline_chart(video, rows, videos["window"])
 
     out_html = os.path.abspath(out_html)
     folder = os.path.dirname(out_html)
@@ -346,7 +430,7 @@ def build(dest, out_html: str, thumbs: int = 4, title: str | None = None, **filt
             with open(p, "wb") as f:
                 f.write(png)
             pngs.append(p)
-        page = render(s, charts, ex, images, thumbs, title)
+        page = render(s, charts, ex, images, thumbs, title, videos)
         with open(out_html, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as exc:
@@ -354,7 +438,28 @@ def build(dest, out_html: str, thumbs: int = 4, title: str | None = None, **filt
     return {"html": out_html, "pngs": pngs, "summary": s}
 
 
-def render(s: dict, charts: dict[str, bytes], ex: dict, images: dict, thumbs: int, title: str | None) -> str:
+def _videos_html(videos: dict, charts: dict) -> str:
+    if not videos["videos"]:
+        return ""
+    rows, figs = [], []
+    for k, (video, tl) in enumerate(videos["videos"].items()):
+        faces = sum(r["faces"] for r in tl)
+        counts = {e: sum(round((r[e] or 0) * r["faces"]) for r in tl) for e in EMOTIONS}
+        top = max(EMOTIONS, key=lambda e: counts[e]) if faces else ""
+        rows.append([_td(_e(video), cls="path"), _td(_num(max(r["window_end_s"] for r in tl), ",.0f"), True),
+                     _td(_num(sum(r["frames"] for r in tl)), True),
+                     _td(_num(sum(r["frames_with_faces"] for r in tl)), True), _td(_num(faces), True), _td(_e(top))])
+        if f"timeline-{k + 1}" in charts:
+            figs.append(f'<div class="chart">{_img(charts[f"timeline-{k + 1}"], "timeline of " + video)}</div>')
+    more = len(videos["videos"]) - len(figs)
+    note = f'<p class="sub">Timelines of the first {len(figs)} videos; {more} more in the table.</p>' if more else ""
+    return ("<h2>Videos</h2>" + "".join(figs) + note
+            + _table([("video", False), ("seconds (to)", True), ("frames sampled", True), ("with faces", True),
+                      ("faces", True), ("most frequent", False)], rows))
+
+
+def render(s: dict, charts: dict[str, bytes], ex: dict, images: dict, thumbs: int, title: str | None,
+           videos: dict | None = None) -> str:
     title = title or "Labeling report"
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     c = s["confidence"]
@@ -426,6 +531,7 @@ p50 {_num(c["p50"], ".3f")} · p90 {_num(c["p90"], ".3f")}</p>
 <h2>Confidence</h2>
 <div class="chart">{_img(charts["confidence"], "confidence histogram")}</div>
 {per_run}
+{_videos_html(videos or {"videos": {}}, charts)}
 <h2>Examples per emotion</h2>
 <p class="sub">The {thumbs} highest- and lowest-confidence faces of each emotion (cropped to the face
 box when one is set). Hover for the full path.</p>

@@ -183,12 +183,12 @@ def staged_uris(d: Dest, run_id: str, parts: list[str]) -> list[str]:
 
 
 # What must match for a staged run to be resumed rather than started afresh.
-RESUME_KEYS = ("source", "model_id", "faces")
+RESUME_KEYS = ("source", "model_id", "faces", "video_fps")
 
 
 def start(d: Dest, info: dict, want: set) -> tuple[str, list[str], set]:
     """open_run with the labeling rule for resuming: a staged run is resumed when it labels the
-    same source with the same model and faces mode, and every object it staged is still `want`ed
+    same source with the same model, faces mode and video sampling rate, and every object it staged is still `want`ed
     (an object changed since would be labeled twice). Returns (run_id, staged part names, the
     keys of the objects those parts hold)."""
     staged: set = set()
@@ -327,8 +327,9 @@ class StagingWriter:
 
 
 class Tally:
-    """What a run's rows hold: objects (rows with face_index 0), rows, labeled faces, error rows
-    and errors by reason. The commit marker is written from it."""
+    """What a run's rows hold: objects, rows, labeled faces, error rows, errors by reason and
+    sampled video frames. An object's first row has face_index 0 and, for a video, frame_index 0
+    (or null). The commit marker is written from it."""
 
     def __init__(self):
         self.counts = collections.Counter()
@@ -338,10 +339,14 @@ class Tally:
         """Counts one table of rows; returns the objects in it."""
         import pyarrow.compute as pc
 
-        objects = pc.sum(pc.equal(table.column("face_index"), 0)).as_py() or 0
+        first_face = pc.equal(table.column("face_index"), 0)
+        frame = table.column("frame_index")
+        objects = pc.sum(pc.and_(first_face, pc.equal(pc.fill_null(frame, 0), 0))).as_py() or 0
+        frames = pc.sum(pc.and_(first_face, pc.and_(pc.is_valid(frame), pc.is_null(table.column("error"))))).as_py()
         err = table.column("error")
         n_err = table.num_rows - err.null_count
-        self.counts.update(rows=table.num_rows, objects=objects, errors=n_err, labeled=table.num_rows - n_err)
+        self.counts.update(rows=table.num_rows, objects=objects, errors=n_err,
+                           labeled=table.num_rows - table.column("label").null_count, frames=frames or 0)
         for e in err.drop_null().to_pylist() if n_err else ():
             self.errors[error_reason(e)] += 1
         return objects
@@ -350,8 +355,9 @@ class Tally:
         import pyarrow.dataset as pads
 
         afs, _ = storage.arrow_filesystem(like)
-        t = pads.dataset([storage.arrow_filesystem(u)[1] for u in uris], format="parquet", filesystem=afs)
-        self.add(t.to_table(columns=["face_index", "error"]))
+        t = pads.dataset([storage.arrow_filesystem(u)[1] for u in uris], schema=LABEL_SCHEMA, format="parquet",
+                         filesystem=afs)
+        self.add(t.to_table(columns=["face_index", "frame_index", "error", "label"]))
 
 
 # ---------------------------------------------------------------- one writer at a time

@@ -1,6 +1,9 @@
 """The labeling job's output: one fixed Arrow schema for every file of every run.
 
-One row per (image, face). Error rows have `error` set and null label/probabilities.
+One row per (image, face), and for a video per (sampled frame, face): `frame_index` and
+`timestamp_s` say which frame (null for images). Error rows have `error` set and null
+label/probabilities. A sampled video frame without a face is one row with face_source `no-face`
+and no label and no error: the video's timeline stays complete.
 Never name a column `path`: Ray Data's read_parquet drops it."""
 
 import pyarrow as pa
@@ -13,6 +16,8 @@ LABEL_SCHEMA = pa.schema(
     [
         pa.field("image_path", pa.string(), nullable=False),
         pa.field("face_index", pa.int32(), nullable=False),
+        pa.field("frame_index", pa.int32()),
+        pa.field("timestamp_s", pa.float64()),
         pa.field("label", pa.string()),
         pa.field("confidence", pa.float32()),
         *[pa.field(c, pa.float32()) for c in PROB_COLUMNS],
@@ -21,8 +26,9 @@ LABEL_SCHEMA = pa.schema(
         pa.field("box_y", pa.int32()),
         pa.field("box_w", pa.int32()),
         pa.field("box_h", pa.int32()),
-        # how the model's input was cut: as-framed | detected | whole-image (framing.SOURCES);
-        # null in error rows and in outputs written before the column existed
+        # how the model's input was cut: as-framed | detected | whole-image (framing.SOURCES), or
+        # no-face (a video frame without one); null in error rows and in outputs written before
+        # the column existed (so are frame_index and timestamp_s)
         pa.field("face_source", pa.string()),
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),

@@ -74,15 +74,15 @@ def is_manifest(source: str) -> bool:
 
 
 def list_source(source: str, skipped=None) -> list[storage.ObjectInfo]:
-    """SOURCE -> sorted ObjectInfo list. Folder/prefix: recursive listing with the image-extension
-    filter. Manifest (.txt one URI a line, or .parquet with a `uri` column): exactly its entries."""
+    """SOURCE -> sorted ObjectInfo list. Folder/prefix: recursive listing of images and videos (by
+    extension). Manifest (.txt one URI a line, or .parquet with a `uri` column): exactly its entries."""
     try:
         if is_manifest(source):
             fs, path = storage.filesystem(source)
             if not fs.isfile(path):
                 raise FerRayError(f"no such source: {source}")
             return sorted(_manifest_infos(read_manifest(source)), key=lambda o: o.uri)
-        return storage.list_objects(source, skipped=skipped)
+        return storage.list_objects(source, storage.IMAGE_EXTENSIONS + storage.VIDEO_EXTENSIONS, skipped)
     except FileNotFoundError:
         raise FerRayError(f"no such source: {source}") from None
     except PermissionError:

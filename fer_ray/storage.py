@@ -11,12 +11,14 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, profiles or insta
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import posixpath
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ import fsspec
 
 RETRIES = 8  # attempts per S3 request (botocore and pyarrow clients), with exponential backoff
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def is_s3(uri: str) -> bool:
@@ -255,14 +258,20 @@ class Fetcher:
         except Exception as exc:  # noqa: BLE001 - becomes an error row
             return exc
 
-    def _get_s3(self, uri: str, attempts: int = 3):
-        """The object's bytes, or the exception that is its error row; a TransientError when the
-        store kept failing (botocore retries each request; a body cut off mid-read is retried
-        here, botocore does not)."""
+    def _get_s3(self, uri: str, attempts: int = 3, sink: str | None = None):
+        """The object's bytes (or, given `sink`, the path of a local file it was streamed into),
+        or the exception that is its error row; a TransientError when the store kept failing
+        (botocore retries each request; a body cut off mid-read is retried here, botocore does not)."""
         bucket, key = split_s3(uri)
         for attempt in range(attempts):
             try:
-                return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+                if sink is None:
+                    return body.read()
+                with open(sink, "wb") as f:
+                    for chunk in body.iter_chunks(1 << 20):
+                        f.write(chunk)
+                return sink
             except Exception as exc:  # noqa: BLE001 - sorted below
                 code = error_code(exc)
                 if code in ("NoSuchKey", "404", "NoSuchBucket"):
@@ -273,6 +282,22 @@ class Fetcher:
                     return exc  # a permanent answer about this object (e.g. InvalidObjectState)
                 if attempt == attempts - 1:
                     return TransientError(f"{uri}: {code or type(exc).__name__} after retries")
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str):
+        """A local path holding the object, for readers that need a file (videos): the file
+        itself on local disk; from S3 a temporary file the object is streamed into (a large video
+        never sits in memory), removed afterwards. Raises what `fetch` would return."""
+        if not is_s3(uri):
+            if not os.path.isfile(uri):
+                raise FileNotFoundError(uri)
+            yield uri
+            return
+        with tempfile.TemporaryDirectory(prefix="fer-ray-") as tmp:
+            got = self._get_s3(uri, sink=os.path.join(tmp, "object" + posixpath.splitext(uri)[1].lower()))
+            if isinstance(got, BaseException):
+                raise got
+            yield got
 
     def fetch(self, uris: list[str]) -> list:
         # Local files are read right here: a read from the page cache takes microseconds, and a

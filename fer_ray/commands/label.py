@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import UsageError
 
-HELP = "label images (s3:// prefix, folder or manifest) into Parquet with Ray Data"
+HELP = "label images and videos (s3:// prefix, folder or manifest) into Parquet with Ray Data"
 
 
 def _positive(text: str) -> int:
@@ -19,6 +19,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--video-fps: expected a number of frames per second, got {text!r}") from None
+    if not 0 < value <= 240:
+        raise UsageError(f"--video-fps must be in (0, 240], got {text}")
+    return value
+
+
 def add_arguments(p) -> None:
     p.add_argument("source", metavar="SOURCE",
                    help="s3://bucket/prefix, a local folder, or a manifest (.txt: one URI a line; .parquet: a uri column)")
@@ -28,6 +38,9 @@ def add_arguments(p) -> None:
                    help="auto (default): crops framed like FER-2013 go in as they are, other images are searched "
                         "for faces, each re-framed (none found: the whole image); crop: each image is one face; "
                         "detect: only detected faces, one row each")
+    p.add_argument("--video-fps", type=_fps, default=2.0, metavar="F",
+                   help="videos (.mp4 .avi .mov .mkv .webm): frames sampled per second, each a row per face "
+                        "with frame_index and timestamp_s (default 2)")
     p.add_argument("--incremental", action="store_true",
                    help="label only objects (key + ETag/size) not in a committed run under DEST")
     p.add_argument("--batch-size", type=_positive, default=256, metavar="N", help="images per batch (default 256)")
@@ -62,6 +75,6 @@ def run(args) -> int:
     summary = label.run(args.source, args.dest, model=args.model, faces=args.faces, incremental=args.incremental,
                         batch_size=args.batch_size, workers=args.workers, gpu=args.gpu, run_id=args.run_id,
                         progress=not args.no_progress, precision=args.precision, tta=args.tta,
-                        lease_seconds=args.lease_seconds, ray=args.ray)
+                        lease_seconds=args.lease_seconds, ray=args.ray, video_fps=args.video_fps)
     print(label.summary_text(summary), flush=True)
     return 0

@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     what.add_argument("--summary", action="store_true",
                       help="rows, images, errors by reason, count/share and confidence quantiles per "
                            "emotion, per run when there are several")
+    what.add_argument("--timeline", metavar="S", type=float,
+                      help="videos: per video and window of S seconds, the frames, faces, most frequent "
+                           "emotion and each emotion's share")
     add_filter_arguments(p)
     o = p.add_argument_group("output")
     o.add_argument("--columns", metavar="COLS",
@@ -81,7 +84,11 @@ def run(args) -> int:
         return 0
 
     out = Q.open(args.dest, **filters)
-    if args.sql is not None:
+    if args.timeline is not None:
+        if args.columns or args.sort:
+            raise UsageError("--columns/--sort do not apply to --timeline")
+        query = Q.timeline_sql(args.timeline)
+    elif args.sql is not None:
         if args.columns or args.sort:
             raise UsageError("--columns/--sort do not apply to --sql (write them in the query)")
         if not args.sql.strip():
@@ -89,7 +96,7 @@ def run(args) -> int:
         query = args.sql
     limit = args.limit if args.limit is not None else (TABLE_DEFAULT_LIMIT if fmt == "table" else 0)
     limit = limit or None
-    if args.sql is None:
+    if args.sql is None and args.timeline is None:
         columns = Q.columns_of(args.columns if args.columns or fmt == "table" else "all")
         # LIMIT in the SQL lets DuckDB keep a top-N instead of sorting every row; the table
         # format asks for one more row to tell whether there are more
