@@ -13,8 +13,11 @@ ray-project/kuberay ray-operator/config/crd/bases/ray.io_{rayclusters,rayjobs,ra
   PodSpec containers[]             name (and image, which KubeRay's pod builder needs)
   EnvVar                           name; secretKeyRef: key (+ name, or the Secret is "")
   CronJob.spec                     jobTemplate, schedule
-The launcher YAML is checked against the schema Ray itself ships (ray/autoscaler/ray-schema.json),
-after the same prepare_config that `ray up` runs.
+The Kubernetes objects (CronJob, RBAC, ConfigMap) and every pod template inside the KubeRay
+objects are validated against Kubernetes' own OpenAPI schemas, strictly (unknown fields are
+errors), as shipped by the kubernetes-validate package, for the oldest and newest Kubernetes the
+manifests target. The launcher YAML is checked against the schema Ray itself ships
+(ray/autoscaler/ray-schema.json), after the same prepare_config that `ray up` runs.
 """
 
 from __future__ import annotations
@@ -440,3 +443,78 @@ def test_local_scripts_keep_the_job_api_on_localhost_with_token_auth():
     assert not any(re.search(r"\bray\b.*\bstop\b", ln) for ln in code_lines), "never `ray stop` on a shared machine"
     for script in ("start.sh", "stop.sh", "add-node.sh"):
         assert os.access(os.path.join(local, script), os.X_OK), f"{script} is not executable"
+
+
+# -------------------------------------------- Kubernetes' own schemas (kubernetes-validate package)
+
+# The Kubernetes versions the manifests target: the oldest and newest KubeRay 1.5-1.7 support.
+K8S_VERSIONS = ("1.29", "1.33")
+
+
+def _k8s_schema(name: str, version: str):
+    """A strict (no unknown fields) JSON-schema validator for one Kubernetes type, e.g.
+    'podtemplatespec-v1', from the schemas kubernetes-validate ships."""
+    import jsonschema
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    folder = f"kubernetes-json-schema/v{version}.0-local-strict"
+    schema = utils.schema_contents(f"{folder}/{name}.json", version)
+    registry = Resource.from_contents(utils.schema_contents(f"{folder}/_definitions.json", version)) @ (
+        Resource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def pod_templates(obj, where=""):
+    """Every Kubernetes PodTemplateSpec inside a KubeRay object (head and worker groups, the
+    submitter, clusters inside RayJobs, RayCronJobs and RayServices): the CRDs embed Kubernetes'
+    own PodTemplateSpec schema there."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("template", "submitterPodTemplate") and isinstance(v, dict) and "containers" in v.get("spec", {}):
+                yield f"{where}.{k}", v
+            else:
+                yield from pod_templates(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from pod_templates(v, f"{where}[{i}]")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_objects_pass_kubernetes_schemas_strictly(version):
+    from kubernetes_validate import utils
+
+    core = [(w, d) for w, d in all_docs() if not d["apiVersion"].startswith("ray.io/")]
+    assert {d["kind"] for _, d in core} >= {"CronJob", "Role", "RoleBinding", "ServiceAccount", "ConfigMap"}
+    for where, doc in core:
+        try:
+            utils.validate(doc, version, strict=True)
+        except utils.ValidationError as exc:
+            pytest.fail(f"{where} {doc['kind']}: {'.'.join(map(str, exc.caught.path))}: {exc.caught.message}")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_pod_templates_inside_kuberay_objects_pass_kubernetes_schema_strictly(version):
+    import jsonschema
+
+    check = _k8s_schema("podtemplatespec-v1", version)
+    found = [(f"{w}:{doc['kind']}{p}", t) for w, doc in all_docs() if doc["apiVersion"].startswith("ray.io/")
+             for p, t in pod_templates(doc.get("spec", {}), ".spec")]
+    assert len(found) >= 8  # head + workers of each cluster, submitters
+    for where, template in found:
+        try:
+            check.validate(template)
+        except jsonschema.ValidationError as exc:
+            pytest.fail(f"{where}: {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_strict_schemas_reject_an_unknown_field():
+    import copy
+
+    import jsonschema
+
+    _, doc = next((w, d) for w, d in all_docs() if d.get("kind") == "RayCluster")
+    template = copy.deepcopy(doc["spec"]["headGroupSpec"]["template"])
+    template["spec"]["containers"][0]["resource"] = {}  # a typo of `resources`
+    with pytest.raises(jsonschema.ValidationError, match="resource"):
+        _k8s_schema("podtemplatespec-v1", K8S_VERSIONS[-1]).validate(template)
