@@ -62,7 +62,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         kwargs = {"config_kwargs": {"retries": {"max_attempts": RETRIES, "mode": "standard"}}}
         if endpoint_url():
             kwargs["client_kwargs"] = {"endpoint_url": endpoint_url()}
-        fs = s3fs.S3FileSystem(**kwargs)
+        fs = s3fs.S3FileSystem(**kwargs, **_env_credentials())
         return fs, uri.split("://", 1)[1].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
@@ -76,19 +76,32 @@ def arrow_filesystem(uri: str):
     uri = str(uri)
     if is_s3(uri):
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        return _arrow_s3(endpoint_url(), region, RETRIES), uri.split("://", 1)[1].rstrip("/")
+        return (_arrow_s3(endpoint_url(), region, RETRIES, **_env_credentials()),
+                uri.split("://", 1)[1].rstrip("/"))
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def _env_credentials() -> dict:
+    """Credentials set in the environment, passed explicitly: filesystems are cached, and a key
+    rotated in the environment (after one was revoked) must give a new filesystem, not the old
+    one. Without them in the environment the usual chain (profiles, roles) applies."""
+    env = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
+    got = {k: os.environ[v] for k, v in env.items() if os.environ.get(v)}
+    return got if "key" in got and "secret" in got else {}
+
+
 @functools.lru_cache(maxsize=8)
-def _arrow_s3(endpoint: str | None, region: str | None, retries: int):
-    """One pyarrow S3 filesystem per endpoint and region (building one resolves credentials)."""
+def _arrow_s3(endpoint: str | None, region: str | None, retries: int, key=None, secret=None, token=None):
+    """One pyarrow S3 filesystem per endpoint, region and credentials (building one resolves
+    credentials)."""
     import pyarrow.fs as pafs
 
     # throttling (503 SlowDown), 5xx and broken connections are retried, as botocore's clients do
     kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries)}
+    if key:
+        kwargs.update(access_key=key, secret_key=secret, session_token=token)
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme or "https")

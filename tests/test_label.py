@@ -655,3 +655,71 @@ def test_no_credentials_for_dest_is_one_line_and_touches_nothing(bucket, tmp_pat
     assert cli.main(["label", str(tmp_path / "in"), f"{bucket}/out", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith(f"error: cannot write to {bucket}/out: ") and "Credentials" in err, err
+
+
+def _moto_auth(endpoint: str, after: str) -> None:
+    """moto checks credentials (IAM users, keys and policies) from now on ('0') or never ('inf')."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=after.encode(),
+                                                  headers={"Content-Type": "text/plain"}, method="POST")).read()
+
+
+def test_credentials_revoked_mid_run_fail_in_one_line_and_the_next_run_resumes(bucket, s3_server, tmp_path,
+                                                                              monkeypatch, capsys):
+    import json
+    import time
+
+    import boto3
+
+    src, dest = tmp_path / "in", f"{bucket}/out"
+    src.mkdir()
+    for name, data in _images(0, 60).items():
+        (src / os.path.basename(name)).write_bytes(data)
+    iam = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1")
+    allow = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+    keys = {}
+    for user in ("labeler", "admin"):
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=allow)
+        keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+    admin = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1",
+                         aws_access_key_id=keys["admin"]["AccessKeyId"],
+                         aws_secret_access_key=keys["admin"]["SecretAccessKey"])
+
+    def use(key):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+
+    use(keys["labeler"])
+    monkeypatch.setattr(runs, "ROWS_PER_FILE", 20)
+    monkeypatch.setattr(storage, "RETRIES", 2)
+    write = runs.StagingWriter.write
+
+    def write_then_revoke(writer, table):
+        write(writer, table)
+        if writer.files and not keys.get("revoked"):
+            admin.delete_access_key(UserName="labeler", AccessKeyId=keys["labeler"]["AccessKeyId"])
+            keys["revoked"] = True
+
+    _moto_auth(s3_server, "0")
+    try:
+        monkeypatch.setattr(runs.StagingWriter, "write", write_then_revoke)
+        argv = [str(src), dest, "--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress",
+                "--lease-seconds", "3"]
+        assert cli.main(["label", *argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: run ") and "nothing committed" in err, err
+        assert keys["labeler"]["SecretAccessKey"] not in err and "access key id" in err.lower(), err
+        monkeypatch.setattr(runs.StagingWriter, "write", write)
+        use(admin.create_access_key(UserName="labeler")["AccessKey"])  # the key is rotated
+        assert runs.committed_runs(dest) == []  # nothing half-committed
+        lease = runs.Lease(runs.Dest(dest))  # the stopped run could not release its lease: it expires
+        _wait_for(lambda: float((lease._read()[0] or {}).get("expires", 0)) < time.time(), "the lease to expire", 30)
+        m = label.run(str(src), dest, faces="crop", batch_size=20, ray=False, progress=False)
+    finally:
+        _moto_auth(s3_server, "inf")
+    assert m["resumed_objects"] >= 20
+    t = _read(dest)
+    _once(t, storage.list_objects(str(src)))
+    _check_rows(t, m)
