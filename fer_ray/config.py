@@ -58,6 +58,7 @@ class TrainConfig:
     mixup: float = _setting(0.0, float, "mixup Beta alpha; 0 = off", metavar="ALPHA")
     cutmix: float = _setting(0.0, float, "CutMix Beta alpha; 0 = off", metavar="ALPHA")
     distill: float = _setting(0.0, float, "weight of the teacher's probabilities in the targets, 0..1; 0 = off", metavar="W")
+    teacher_flip: bool = _setting(False, bool, "the teacher's probabilities averaged over each image and its mirror")
     augment: dict = _setting({}, "augment", 'augmentation strengths, e.g. \'{"rotate": 15, "erase": 0.5}\'; "none" = off',
                              metavar="JSON|none")
     amp: bool = _setting(True, bool, "bf16 autocast of the training step where bf16 is native (CUDA, CPUs with AMX)")

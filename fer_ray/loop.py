@@ -225,11 +225,15 @@ def _cpu_copy(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def teacher_targets(teacher, x: torch.Tensor, t: torch.Tensor, weight: float, amp: bool) -> torch.Tensor:
+def teacher_targets(teacher, x: torch.Tensor, t: torch.Tensor, weight: float, amp: bool,
+                    flip: bool = False) -> torch.Tensor:
     """Knowledge distillation: blend the teacher's probabilities on the same augmented input into
-    the targets (before mixup/CutMix, which then mix them like any target)."""
+    the targets (before mixup/CutMix, which then mix them like any target). `flip`: averaged
+    with its probabilities on the mirror image, a better teacher for one more forward pass."""
     with torch.no_grad(), _eval_autocast(x.device, amp):
         probs = torch.softmax(teacher(x).float(), dim=1)
+        if flip:
+            probs = (probs + torch.softmax(teacher(torch.flip(x, dims=[3])).float(), dim=1)) / 2
     return (1.0 - weight) * t + weight * probs
 
 
@@ -287,7 +291,7 @@ def fit(model, train_batches, val_batches, config, reporter, start_state: dict |
             x = aug.augment(x, cfg.augment)
             t = targets_for(y, None if votes is None else votes.to(device), cfg.soft_labels, cfg.label_smoothing)
             if cfg.distill > 0:
-                t = teacher_targets(teacher, x, t, cfg.distill, cfg.amp)
+                t = teacher_targets(teacher, x, t, cfg.distill, cfg.amp, cfg.teacher_flip)
             w = weights_by_class[y] if weights_by_class is not None else torch.ones(len(y), device=device)
             x, t, w = aug.mix(x, t, w, cfg.mixup, cfg.cutmix)
             with _autocast(device, cfg.amp):

@@ -159,3 +159,18 @@ def test_targets_soft_votes_and_smoothing():
     want = -torch.log_softmax(logits, 1)[0, 0]
     assert loop.soft_cross_entropy(logits, t[:1]).item() == pytest.approx(want.item())
 
+
+
+def test_teacher_flip_averages_the_teacher_over_the_mirror_image():
+    class LeftBright(nn.Module):  # class 0 when the left half is brighter, class 1 otherwise
+        def forward(self, x):
+            d = (x[..., : x.shape[-1] // 2].mean((1, 2, 3)) - x[..., x.shape[-1] // 2 :].mean((1, 2, 3))) * 50
+            return torch.stack([d, -d] + [torch.full_like(d, -50.0)] * 5, 1)
+
+    x = torch.zeros(2, 1, 8, 8)
+    x[0, ..., :4] = 1.0  # left bright: the teacher is sure of class 0, and of 1 on the mirror
+    t = torch.zeros(2, 7)
+    plain = loop.teacher_targets(LeftBright(), x, t, 1.0, amp=False)
+    both = loop.teacher_targets(LeftBright(), x, t, 1.0, amp=False, flip=True)
+    assert plain[0, 0] > 0.99 and both[0, :2].tolist() == pytest.approx([0.5, 0.5], abs=1e-3)
+    assert torch.allclose(both.sum(1), torch.ones(2))
