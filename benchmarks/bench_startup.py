@@ -13,12 +13,16 @@ in a fresh process, imports included, as a user would start it:
 Printed per contender: wall seconds from process start to exit (median of --repeat), CPU seconds
 of the process and the children it waited for (Ray's own daemons are not waited for, so cli-ray's
 CPU is a lower bound), the seconds until the CLI says what it will label (imports, model check,
-listing and lease done), and the ratio naive / contender (> 1: faster than the plain loop).
+listing and lease done), the seconds until its first labeled rows (from the run's marker), and
+the ratio naive / contender (> 1: faster than the plain loop).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import glob
+import json
 import os
 import resource
 import shutil
@@ -55,9 +59,25 @@ pq.write_table(pa.table(cols), out)
 """
 
 
-def run_once(argv: list[str], ready_text: str | None = None) -> dict:
-    """Wall and CPU seconds of one fresh process; seconds until `ready_text` shows on stderr."""
+def first_rows_s(dest: str, started: float) -> float | None:
+    """Seconds from `started` (epoch) to the run's first labeled rows, from its commit marker:
+    the run began total_seconds before finished_at, and its first rows came first_rows_seconds in."""
+    found = glob.glob(os.path.join(dest, "_runs", "*.json"))
+    if not found:
+        return None
+    with open(found[0]) as f:
+        m = json.load(f)
+    if not m.get("first_rows_seconds"):
+        return None
+    end = dt.datetime.fromisoformat(m["finished_at"].replace("Z", "+00:00")).timestamp()
+    return end - m["total_seconds"] + m["first_rows_seconds"] - started
+
+
+def run_once(argv: list[str], ready_text: str | None = None, dest: str | None = None) -> dict:
+    """Wall and CPU seconds of one fresh process; seconds until `ready_text` shows on stderr; for
+    a labeling run into `dest`, seconds until its first rows."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     ready, tail = None, []
@@ -70,7 +90,7 @@ def run_once(argv: list[str], ready_text: str | None = None) -> dict:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "ready_s": ready}
+    return {"wall_s": wall, "cpu_s": cpu, "ready_s": ready, "first_rows_s": first_rows_s(dest, started) if dest else None}
 
 
 def main():
@@ -104,16 +124,17 @@ def main():
                         argv = [fer_ray, "label", src, dest, "--faces", args.faces, "--no-progress"]
                         argv += ["--ray"] if name == "cli-ray" else []
                         ready = "to label with"
-                    runs.append(run_once(argv, ready))
+                    runs.append(run_once(argv, ready, None if name == "naive" else dest))
                     shutil.rmtree(dest, ignore_errors=True)
                 med = {k: statistics.median(r[k] for r in runs) if runs[0][k] is not None else None
-                       for k in ("wall_s", "cpu_s", "ready_s")}
+                       for k in ("wall_s", "cpu_s", "ready_s", "first_rows_s")}
                 rows[name] = med
                 ratio = rows["naive"]["wall_s"] / med["wall_s"] if "naive" in rows else float("nan")
                 ready = f"{med['ready_s']:5.1f}" if med["ready_s"] is not None else "    -"
+                first = f"{med['first_rows_s']:5.1f}" if med["first_rows_s"] is not None else "    -"
                 walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
                 print(f"n={n:6d} {name:8s} wall {med['wall_s']:6.1f} s  cpu {med['cpu_s']:6.1f} s  "
-                      f"ready {ready} s  naive/this x{ratio:.2f}  ({walls})", flush=True)
+                      f"ready {ready} s  first rows {first} s  naive/this x{ratio:.2f}  ({walls})", flush=True)
             out["sizes"][n] = rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

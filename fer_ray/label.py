@@ -188,6 +188,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
     t_label = time.monotonic()
     batches = []  # (when the batch was labeled, objects in it): for the steady-state rate
     actors = 1
+    first_rows = None  # seconds from the start of the run to its first labeled rows
     if todo:
         if on_ray:
             ray = _ray_init()
@@ -201,6 +202,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
             with runs.StagingWriter(d, run_id, first_index=runs.next_part_index(parts)) as writer:
                 for table in tables:
                     if table.num_rows:
+                        first_rows = first_rows or round(time.monotonic() - t0, 3)
                         writer.write(table)
                         batches.append((table.column("labeled_at")[0].value, tally.add(table)))
         except FerRayError:
@@ -216,6 +218,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
             f"(staging kept: a re-run resumes)"
         )
     rates = {
+        "first_rows_seconds": first_rows,
         "labeling_seconds": round(labeled_s, 3),
         "objects_per_second": round(len(todo) / labeled_s, 1) if todo and labeled_s > 0 else None,
         "rows_per_second": round(counts["rows"] / labeled_s, 1) if todo and labeled_s > 0 else None,
@@ -381,7 +384,8 @@ def summary_text(m: dict) -> str:
             lines.append(f"             ... and {len(errs) - 8} more reasons (see {runs.RUNS_DIR}/{m['run_id']}.json)")
     if m.get("rows_per_second"):
         steady = f"; {m['steady_objects_per_second']} objects/s once started" if m.get("steady_objects_per_second") else ""
+        first = f", first rows after {m['first_rows_seconds']} s" if m.get("first_rows_seconds") else ""
         lines.append(f"  speed      {m['objects_per_second']} objects/s, {m['rows_per_second']} rows/s "
-                     f"({m['labeling_seconds']} s labeling, {m.get('total_seconds')} s total{steady})")
+                     f"({m['labeling_seconds']} s labeling, {m.get('total_seconds')} s total{first}{steady})")
     lines.append(f"  files      {len(m.get('files', []))} Parquet file(s); marker {runs.RUNS_DIR}/{m['run_id']}.json")
     return "\n".join(lines)
