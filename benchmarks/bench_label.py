@@ -214,13 +214,13 @@ def local_read_rate(paths):
 def s3_get_rate(keys, client: str = "fetcher"):
     """The S3 server's GET rate, many requests in flight: with the job's own fetcher (botocore,
     one GetObject per object, 16 threads), or with s3fs's `cat` of 256 keys at a time."""
-    from fer_ray import labeler, storage
+    from fer_ray import storage
 
     if client == "s3fs":
         fs = storage.filesystem("s3://x")[0]
         get = fs.cat
     else:
-        fetcher = labeler.Fetcher(16)
+        fetcher = storage.Fetcher(16)
         get = lambda ks: fetcher.fetch([f"s3://{k}" for k in ks])  # noqa: E731
     get(keys[:64])  # connection warm-up
     c, t = tree_cpu(), time.perf_counter()
@@ -241,14 +241,14 @@ def naive_loop(uris, out_dir, threads: int, batch: int = 256):
     import pyarrow.parquet as pq
     import torch
 
-    from fer_ray import bundle, labeler, preprocess, storage
+    from fer_ray import bundle, preprocess, storage
     from fer_ray.emotions import EMOTIONS
     from fer_ray.schema import LABEL_SCHEMA, PROB_COLUMNS
 
 
     torch.set_num_threads(threads)
     b = bundle.load()
-    s3 = labeler.Fetcher(16) if storage.is_s3(uris[0]) else None  # the job's fetcher: same GETs
+    s3 = storage.Fetcher(16) if storage.is_s3(uris[0]) else None  # the job's fetcher: same GETs
     os.makedirs(out_dir, exist_ok=True)
     c, t = tree_cpu(), time.perf_counter()
     writer = pq.ParquetWriter(os.path.join(out_dir, "part-0.parquet"), LABEL_SCHEMA, compression="zstd")
@@ -295,7 +295,7 @@ def job(source, dest, args, faces="crop") -> dict:
 
     c = tree_cpu()
     m = label.run(source, dest, batch_size=args.batch_size, workers=args.workers, progress=False,
-                  echo=lambda *_: None, faces=faces)
+                  echo=lambda *_: None, faces=faces, ray=True)  # the actor pool, whatever the size
     m["cpu_us_per_image"] = (tree_cpu() - c) / max(1, m["objects"]) * 1e6
     return m
 
