@@ -292,16 +292,25 @@ def _uri_table(chunk) -> pa.Table:
 
 def label_here(todo, job: Job, run_id: str, loaded):
     """The labeling stage in this process: the Labeler an actor runs, over the same batches, with
-    the bundle the driver already loaded and torch on every core. (Two Labelers in two threads,
-    as an actor pool would run them, measured slower here: decoding holds the GIL.)
-    Yields result tables in order."""
+    the bundle the driver already loaded. Two stages overlap: this thread fetches, decodes and
+    frames the next batch while a second one runs the model on the last (torch on the other
+    cores; it releases the GIL). Yields result tables in order."""
+    import concurrent.futures as cf
+
     from .evaluate import available_cores
 
-    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(), gpu=job.gpu,
-                    forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
-                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps)
-    for chunk in blocks(todo, job.batch_size):
-        yield stage(_uri_table(chunk))
+    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=max(1, available_cores() - 1),
+                    gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
+                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=True)
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="model") as model:
+        pending = None
+        for chunk in blocks(todo, job.batch_size):
+            prepared = stage.prepare(_uri_table(chunk))
+            if pending is not None:
+                yield pending.result()
+            pending = model.submit(stage.finish, prepared)
+        if pending is not None:
+            yield pending.result()
 
 
 def blocks(todo: list, size: int) -> list[list]:

@@ -27,7 +27,8 @@ class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
     def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None, video_fps=DEFAULT_FPS):
+                 fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None, video_fps=DEFAULT_FPS,
+                 overlap=False):
         """`loaded`: the bundle already in memory (labeling in the driver's process), else loaded here."""
         import threading
 
@@ -55,36 +56,44 @@ class Labeler:
         self.classes = self.bundle.classes
         self.chunk = forward_chunk if self.device.type == "cpu" else 1024
         self.fetcher = storage.Fetcher(fetch_threads)
-        self.compute = threading.Lock()  # batches fetch concurrently, but compute one at a time
+        # Batches in flight in an actor fetch concurrently but compute one at a time. `overlap`
+        # (labeling in the driver's process): one thread decodes the next batch while another
+        # runs the model on this one, each on its own core.
+        self.decoding = threading.RLock()
+        self.modeling = threading.RLock() if overlap else self.decoding
         self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
 
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.finish(self.prepare(batch))
+
+    def prepare(self, batch: pa.Table) -> "Prepared":
+        """Everything but the model for the batch's images: fetch, decode, find and frame faces.
+        Videos go all the way here (their frames stream through the model a chunk at a time)."""
         uris = batch.column("uri").to_pylist()
         sizes = batch.column("size").to_pylist()
         etags = batch.column("etag").to_pylist()
-        videos = [i for i, u in enumerate(uris) if is_video(u)]
         images = [i for i, u in enumerate(uris) if not is_video(u)]
         rows = [Row(i, error=f"file too large ({sizes[i]} bytes)") for i in images if sizes[i] > MAX_OBJECT_BYTES]
-        probs = [_nan(len(rows))]
         for group in _byte_groups([i for i in images if sizes[i] <= MAX_OBJECT_BYTES], sizes):
             datas = self.fetcher.fetch([uris[i] for i in group])  # concurrent; no lock held
             for data in datas:  # the store, not the object, failed: no error row, the batch fails
                 if isinstance(data, storage.TransientError):
                     raise data
-            with self.compute:
-                r, p = self._label(list(zip(group, datas)))
-            rows += r
-            probs.append(p)
+            with self.decoding:
+                rows += self._faces(list(zip(group, datas)))
             del datas
-        for i in videos:
-            r, p = self._label_video(i, uris[i])
-            rows += r
-            probs.append(p)
-        return self._table(rows, np.concatenate(probs), uris, sizes, etags)
+        done = [self._label_video(i, u) for i, u in enumerate(uris) if is_video(u)]
+        return Prepared(uris, sizes, etags, rows, [r for d in done for r in d[0]], [d[1] for d in done])
 
-    def _label(self, items):
-        """[(object index, bytes or exception)] -> (rows, probs (rows, 7), NaN where no label)."""
+    def finish(self, prep: "Prepared") -> pa.Table:
+        """The model over the prepared faces, and the batch's rows as a table."""
+        rows, probs = self._forward(prep.rows)
+        return self._table(rows + prep.video_rows, np.concatenate([probs, *prep.video_probs]),
+                           prep.uris, prep.sizes, prep.etags)
+
+    def _faces(self, items) -> list:
+        """[(object index, bytes or exception)] -> rows, with the model's input in `pixels`."""
         from .preprocess import DecodeError
 
         rows = []
@@ -104,7 +113,7 @@ class Labeler:
                 rows.append(Row(i, width=width, height=height, error="no face detected"))
             for j, face in enumerate(crops):
                 rows.append(Row(i, j, face.box, width, height, face.pixels, None, face.source))
-        return self._forward(rows)
+        return rows
 
     def _label_video(self, i: int, uri: str):
         """One video object -> (rows, probs): its sampled frames a chunk at a time (memory flat in
@@ -123,7 +132,7 @@ class Labeler:
         try:
             with self.fetcher.local_copy(uri) as path:  # S3: streamed to a temporary file
                 clip = Clip(path, self.video_fps)
-                with self.compute:
+                with self.decoding:
                     for f in clip.frames():
                         h, w = f.gray.shape
                         found = framing.faces(Image.fromarray(f.gray), mode, self.size)
@@ -154,7 +163,7 @@ class Labeler:
         probs = _nan(len(rows))
         if good:
             x = self.bundle.inputs(np.stack([rows[k].pixels for k in good]))
-            with self.torch.inference_mode():
+            with self.modeling, self.torch.inference_mode():
                 probs[good] = predict_probs(self.model, x, batch_size=self.chunk, tta=self.tta)[:, self.order]
         return rows, probs
 
@@ -190,6 +199,17 @@ class Labeler:
             "labeled_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
         return pa.Table.from_pydict(cols, schema=LABEL_SCHEMA)
+
+
+class Prepared(NamedTuple):
+    """A batch between Labeler.prepare and Labeler.finish."""
+
+    uris: list
+    sizes: list
+    etags: list
+    rows: list  # image rows, faces with their pixels
+    video_rows: list  # video rows, labeled already
+    video_probs: list  # their probabilities, one array per video
 
 
 class Row(NamedTuple):
