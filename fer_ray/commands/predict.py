@@ -15,6 +15,7 @@ from .. import bundle as bundle_mod
 from .. import evaluate as ev
 from .. import framing, inference, preprocess, storage
 from ..errors import FerRayError, UsageError
+from ..video import is_video
 
 HELP = "predict the emotion of face images (local paths, directories or s3:// URIs)"
 
@@ -65,6 +66,8 @@ def load_item(uri: str, data, mode: str) -> Item:
     try:
         if isinstance(data, BaseException):
             raise preprocess.DecodeError(storage.fetch_error(data))
+        if is_video(uri):
+            raise preprocess.DecodeError("a video: `fer-ray label` labels its frames")
         item.image = preprocess.decode(data)
         found = framing.faces(item.image, mode)
     except preprocess.DecodeError as exc:
