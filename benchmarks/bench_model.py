@@ -1,6 +1,7 @@
 """Model forward rate on pre-decoded 48x48 tensors (the fast model's speed target: >= 4,000 img/s
 at batch 256 on a 2-core machine). Prints the median of several timed passes per bundle: eager fp32, BN-folded channels-last fp32,
-and int8 (when the bundle is calibrated), each as img/s and as a ratio to eager.
+and int8 (when the bundle is calibrated), each as img/s and as a ratio to eager; and the framer that
+`--faces auto` runs over crops first.
 
     .venv/bin/python benchmarks/bench_model.py [--bundle PATH ...] [--threads 2] [--batch 256] [--json OUT.json]
 
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from fer_ray import bundle, models, quantize
+from fer_ray import bundle, framer, models, quantize
 
 
 def forward_rate(model, x, repeats: int) -> float:
@@ -64,6 +65,11 @@ def main():
             rates["int8"] = round(r_int8)
         out["models"][plain.model_id] = rates
         print(line, flush=True)
+    net = framer.load()
+    if net is not None:  # --faces auto reads every crop with it before the model
+        r = forward_rate(net, framer._inputs(pixels), args.repeats)
+        print(f"{'framer (--faces auto, crops)':28s} params={models.count_params(framer.FramerNet()):>9,d} eager={r:8.0f}", flush=True)
+        out["framer"] = {"eager": round(r)}
     out["load_after"] = round(os.getloadavg()[0], 2)
     if args.json:
         with open(args.json, "w") as f:

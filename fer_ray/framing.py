@@ -1,6 +1,7 @@
 """From a decoded image to the model's inputs: which faces, framed the way FER-2013 frames them.
 
     faces(img, mode) -> [Face(box, pixels, source)]   the one path every consumer uses
+    faces_many(imgs, mode) -> [[Face], ...]             the same for a batch of images
     from_bytes(data, mode) -> (width, height, faces)  the same from image bytes
     frame(gray, box) -> uint8 48x48                     a face box -> the crop the model expects
     frame_crops(pixels, mode) -> (uint8 (N,48,48), counts)   a batch of crops from elsewhere
@@ -15,8 +16,11 @@ box becomes a square of side box/0.965 around the box centre; what falls outside
 repeats the border pixels (as training's augmentation does), never black.
 
 Modes:
-- `auto` (default): find faces; a small image whose one face already sits where FER-2013 puts it
-  goes in as it is (`as-framed`); otherwise every face found is re-framed (`detected`); an image
+- `auto` (default): a crop-sized image (shorter side <= 256 px, roughly square) is first read by
+  the framer (framer.py, one batch for many crops): a face smaller than FER-2013's or tilted is
+  re-framed from that reading (`detected`); any other face goes in as it is (`as-framed`). Photos, and crops the framer takes for no face (or for a face
+  smaller than it knows), go to the detector: every face found is re-framed (`detected`); a crop
+  whose one face already sits where FER-2013 puts it goes in as it is (`as-framed`); an image
   with no face found goes in whole (`whole-image`) - labelled, never dropped.
 - `crop`: the image is a face crop: it goes in whole (`whole-image`).
 - `detect`: every face found, re-framed (`detected`); none found -> no face (the caller's row says so).
@@ -25,12 +29,14 @@ Modes:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from . import faces as detector
+from . import framer
 from .preprocess import INPUT_SIZE, decode, to_gray
 
 MODES = ("auto", "crop", "detect")
@@ -45,6 +51,14 @@ CANONICAL_OFFSET = 0.05
 CANONICAL_SIDE = (0.85, 1.15)
 # Images below this size (shorter side) are crops, not photos: "as-framed" is only considered there.
 CROP_MAX_SIDE = 256
+# The framer (framer.py) reads crops first: a face (probability >= FRAMER_FACE) smaller than
+# FER-2013's by more than FRAMER_ZOOM, or tilted by more than FRAMER_ANGLE, is re-framed from the
+# reading (worth_reframing); any other face goes in as it is; a crop it takes for no face, or for
+# a face smaller than its training range, goes to the detector.
+FRAMER_FACE = 0.5
+FRAMER_MIN_ZOOM = 0.5
+FRAMER_ZOOM = math.log(1.15)  # log of the zoom
+FRAMER_ANGLE = 8.0  # degrees
 
 Box = tuple[int, int, int, int]
 
@@ -108,13 +122,49 @@ def _whole(gray: Image.Image, size: int) -> np.ndarray:
 
 def faces(img: Image.Image, mode: str = "auto", size: int = INPUT_SIZE) -> list[Face]:
     """The model inputs of one decoded image, one per face (see the module docstring for modes)."""
+    return faces_many([img], mode, size)[0]
+
+
+def faces_many(imgs: list, mode: str = "auto", size: int = INPUT_SIZE) -> list[list[Face]]:
+    """`faces` of several images: in `auto`, the framer looks at all the crop-like ones in one batch."""
     if mode not in MODES:
         raise ValueError(f"unknown faces mode {mode!r} (choose from {', '.join(MODES)})")
-    gray = to_gray(img)
+    grays = [to_gray(img) for img in imgs]
+    hints = _framings(grays) if mode == "auto" else {}
+    return [_faces(g, mode, size, hints.get(k)) for k, g in enumerate(grays)]
+
+
+def crop_like(width: int, height: int) -> bool:
+    """Whether an image of this size is read by the framer first (in `auto`): a face crop, not a photo."""
+    return min(width, height) <= CROP_MAX_SIDE and max(width, height) <= 1.25 * min(width, height)
+
+
+def _framings(grays: list) -> dict:
+    """{index: (the framer's reading, the crop at the framer's 48 px)} for the crop-like images
+    among `grays` (empty without a framer)."""
+    picked = [k for k, g in enumerate(grays) if crop_like(*g.size)]
+    if not picked:
+        return {}
+    small = np.stack([_whole(grays[k], framer.SIZE) for k in picked])
+    read = framer.predict(small)
+    if read is None:
+        return {}
+    rows = np.stack(read, 1).tolist()  # plain floats: cheaper to test one by one than numpy scalars
+    return {k: (framer.Framing(*rows[j]), small[j]) for j, k in enumerate(picked)}
+
+
+def _faces(gray: Image.Image, mode: str, size: int, hint=None) -> list[Face]:
     width, height = gray.size
     whole = (0, 0, width, height)
     if mode == "crop":
         return [Face(whole, _whole(gray, size), "whole-image")]
+    if hint is not None and hint[0].face >= FRAMER_FACE and hint[0].scale >= FRAMER_MIN_ZOOM:
+        read, small = hint
+        if not worth_reframing(read):
+            return [Face(whole, small if size == framer.SIZE else _whole(gray, size), "as-framed")]
+        box = framer_box(width, height, read.scale, read.dx, read.dy)
+        pixels = framer.reframe(np.asarray(gray, dtype=np.uint8), read.scale, read.angle, read.dx, read.dy, size)
+        return [Face(_clip(box, width, height), pixels, "detected")]
     boxes = detector.detect(gray)
     if mode == "auto":
         if not boxes:
@@ -123,6 +173,26 @@ def faces(img: Image.Image, mode: str = "auto", size: int = INPUT_SIZE) -> list[
             return [Face(whole, _whole(gray, size), "as-framed")]
     arr = np.asarray(gray, dtype=np.uint8)
     return [Face(_clip(b, width, height), frame(arr, b, size), "detected") for b in boxes]
+
+
+def framer_box(width: int, height: int, scale: float, dx: float, dy: float) -> tuple[float, float, float, float]:
+    """The face box (x, y, w, h; may reach past the image) of a crop as the framer reads it:
+    FER-2013's canonical crop spans `scale` times the crop's side around the read centre, and
+    holds its face box where CENTRE_X/Y and SIDE say."""
+    side_w, side_h = scale * width, scale * height
+    x0 = width / 2 * (1 + 2 * dx) - side_w / 2
+    y0 = height / 2 * (1 + 2 * dy) - side_h / 2
+    fw, fh = SIDE * side_w, SIDE * side_h
+    return x0 + CENTRE_X * side_w - fw / 2, y0 + CENTRE_Y * side_h - fh / 2, fw, fh
+
+
+def worth_reframing(hint) -> bool:
+    """Whether re-framing a crop from the framer's reading gains the model anything: a face smaller
+    than FER-2013's (more of its pixels to use), or tilted. A tighter or off-centre face stays as
+    it is: re-framing it would have to invent what lies past the crop's border, and the model,
+    trained with zoom and shifts, reads it better as it is (chosen on PublicTest under shifts)."""
+    zoom = math.log(hint.scale)
+    return zoom < -FRAMER_ZOOM or (abs(hint.angle) > FRAMER_ANGLE and zoom <= FRAMER_ZOOM)
 
 
 def from_bytes(data: bytes, mode: str = "auto", size: int = INPUT_SIZE) -> tuple[int, int, list[Face]]:
@@ -137,12 +207,15 @@ def frame_crops(pixels, mode: str = "auto", threads: int | None = None) -> tuple
     finds none) as uint8 (N, 48, 48), and how many came from each source."""
     from .evaluate import available_cores
 
-    def one(px):
-        found = faces(Image.fromarray(np.ascontiguousarray(px)), mode)
-        return (found[0].pixels, found[0].source) if found else (_whole(Image.fromarray(px), INPUT_SIZE), "whole-image")
+    imgs = [Image.fromarray(np.ascontiguousarray(px)) for px in np.asarray(pixels)]
+    hints = _framings(imgs) if mode == "auto" else {}
+
+    def one(k):
+        found = _faces(imgs[k], mode, INPUT_SIZE, hints.get(k))
+        return (found[0].pixels, found[0].source) if found else (_whole(imgs[k], INPUT_SIZE), "whole-image")
 
     with cf.ThreadPoolExecutor(threads or available_cores()) as pool:  # OpenCV releases the GIL
-        done = list(pool.map(one, np.asarray(pixels)))
+        done = list(pool.map(one, range(len(imgs))))
     sources = {s: 0 for s in SOURCES}
     for _, s in done:
         sources[s] += 1

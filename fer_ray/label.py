@@ -44,6 +44,10 @@ TUNING = {
     # TTA) exceeds this many seconds.
     "in_process_seconds": 30.0,
     "seconds_per_object": {"crop": 0.0006, "auto": 0.01, "detect": 0.01, "video": 5.0},
+    # ... except that in `auto` a small object is most likely a face crop, which the framer reads
+    # (no detector): it costs about what `crop` costs
+    "auto_crop_bytes": 64 << 10,
+    "seconds_per_auto_crop": 0.0008,
 }
 
 
@@ -72,10 +76,15 @@ class Job:
             return self.ray
         if self.gpu or self.workers is not None or os.environ.get("RAY_ADDRESS"):
             return True  # asked for actors, or submitted to a cluster
-        cost = TUNING["seconds_per_object"]
-        videos = sum(is_video(o.uri) for o in todo)
-        work = ((len(todo) - videos) * cost.get(self.faces, 0.01) + videos * cost["video"]) * (10 if self.tta else 1)
-        return work > TUNING["in_process_seconds"]
+        return sum(map(self._seconds, todo)) * (10 if self.tta else 1) > TUNING["in_process_seconds"]
+
+    def _seconds(self, obj) -> float:
+        """Estimated labeling time of one listed object in this process."""
+        if is_video(obj.uri):
+            return TUNING["seconds_per_object"]["video"]
+        if self.faces == "auto" and 0 <= obj.size <= TUNING["auto_crop_bytes"]:
+            return TUNING["seconds_per_auto_crop"]
+        return TUNING["seconds_per_object"].get(self.faces, 0.01)
 
 
 # ---------------------------------------------------------------------------- the driver side

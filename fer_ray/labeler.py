@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from . import framing, storage
+from . import framer, framing, storage
 from .inference import predict_probs
 from .emotions import EMOTIONS
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
@@ -62,6 +62,8 @@ class Labeler:
         self.decoding = threading.RLock()
         self.modeling = threading.RLock() if overlap else self.decoding
         self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
+        if faces == "auto":  # the framer reads the crops: load it while the first batch is fetched
+            threading.Thread(target=framer.load, daemon=True).start()
 
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -93,27 +95,44 @@ class Labeler:
                            prep.uris, prep.sizes, prep.etags)
 
     def _faces(self, items) -> list:
-        """[(object index, bytes or exception)] -> rows, with the model's input in `pixels`."""
-        from .preprocess import DecodeError
+        """[(object index, bytes or exception)] -> rows, with the model's input in `pixels`.
+        Crop-sized images are framed together (one framer batch); photos one at a time, so that
+        a batch of large photos is never held decoded at once."""
+        from .preprocess import DecodeError, decode
 
-        rows = []
+        done, crops = {}, []
         for i, data in items:
             if isinstance(data, BaseException):
-                rows.append(Row(i, error=storage.fetch_error(data)))
+                done[i] = [Row(i, error=storage.fetch_error(data))]
                 continue
             try:
-                width, height, crops = framing.from_bytes(data, self.faces, self.size)
+                img = decode(data)
             except DecodeError as exc:
-                rows.append(Row(i, error=str(exc) or "cannot decode image"))
+                done[i] = [Row(i, error=str(exc) or "cannot decode image")]
                 continue
             except Exception as exc:  # noqa: BLE001 - any per-object failure is a row, never a crash
-                rows.append(Row(i, error=f"cannot process image: {type(exc).__name__}"))
+                done[i] = [Row(i, error=f"cannot process image: {type(exc).__name__}")]
                 continue
-            if not crops:
-                rows.append(Row(i, width=width, height=height, error="no face detected"))
-            for j, face in enumerate(crops):
-                rows.append(Row(i, j, face.box, width, height, face.pixels, None, face.source))
-        return rows
+            if framing.crop_like(img.width, img.height):
+                crops.append((i, img))
+            else:
+                done[i] = _rows(i, img, self._find([img])[0])
+        for (i, img), found in zip(crops, self._find([img for _, img in crops]) if crops else []):
+            done[i] = _rows(i, img, found)
+        return [r for i, _ in items for r in done[i]]
+
+    def _find(self, imgs) -> list:
+        """framing.faces_many over crops; where that fails, image by image (the failure is that one's row)."""
+        try:
+            return framing.faces_many(imgs, self.faces, self.size)
+        except Exception:  # noqa: BLE001
+            out = []
+            for img in imgs:
+                try:
+                    out.append(framing.faces(img, self.faces, self.size))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
 
     def _label_video(self, i: int, uri: str):
         """One video object -> (rows, probs): its sampled frames a chunk at a time (memory flat in
@@ -225,6 +244,15 @@ class Row(NamedTuple):
     source: str | None = None  # framing.SOURCES or NO_FACE
     frame: int | None = None  # video frame index
     time_s: float | None = None
+
+
+def _rows(i: int, img, found) -> list:
+    """One image's rows from what framing found in it (faces, none, or the exception it raised)."""
+    if isinstance(found, Exception):
+        return [Row(i, error=f"cannot process image: {type(found).__name__}")]
+    if not found:
+        return [Row(i, width=img.width, height=img.height, error="no face detected")]
+    return [Row(i, j, face.box, img.width, img.height, face.pixels, None, face.source) for j, face in enumerate(found)]
 
 
 def _nan(n: int) -> np.ndarray:

@@ -20,7 +20,7 @@ def available() -> bool:
     return ENGINE in torch.backends.quantized.supported_engines
 
 
-def _prepare(model: torch.nn.Module, size: int = 48) -> torch.nn.Module:
+def _prepare(model: torch.nn.Module, size: int = 48, float_modules: tuple = ()) -> torch.nn.Module:
     import torch.fx.config
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -30,12 +30,15 @@ def _prepare(model: torch.nn.Module, size: int = 48) -> torch.nn.Module:
     # that was two thirds of loading an int8 bundle, paid by every labeling process and actor
     traces = torch.fx.config.do_not_emit_stack_traces
     torch.fx.config.do_not_emit_stack_traces = True
+    mapping = get_default_qconfig_mapping(ENGINE)
+    for name in float_modules:  # e.g. a regression output, whose values int8 steps would blur
+        mapping = mapping.set_module_name(name, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
         try:
             return prepare_fx(
                 copy.deepcopy(model).float().eval(),
-                get_default_qconfig_mapping(ENGINE),
+                mapping,
                 (torch.zeros(1, 1, size, size),),
             )
         finally:
@@ -43,20 +46,22 @@ def _prepare(model: torch.nn.Module, size: int = 48) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def calibrate(model: torch.nn.Module, batches, size: int = 48) -> dict[str, torch.Tensor]:
-    """Run normalised input batches through observers; returns their state (what to store)."""
-    prepared = _prepare(model, size)
+def calibrate(model: torch.nn.Module, batches, size: int = 48, float_modules: tuple = ()) -> dict[str, torch.Tensor]:
+    """Run normalised input batches through observers; returns their state (what to store).
+    `float_modules`: names of modules kept in float (pass the same to convert)."""
+    prepared = _prepare(model, size, float_modules)
     for x in batches:
         prepared(x)
     return {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items() if MARK in k}
 
 
 @torch.no_grad()
-def convert(model: torch.nn.Module, observers: dict[str, torch.Tensor], size: int = 48) -> torch.nn.Module:
+def convert(model: torch.nn.Module, observers: dict[str, torch.Tensor], size: int = 48,
+            float_modules: tuple = ()) -> torch.nn.Module:
     """The int8 model for an fp32 model and the observer state calibrate() returned."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    prepared = _prepare(model, size)
+    prepared = _prepare(model, size, float_modules)
     expected = {k for k in prepared.state_dict() if MARK in k}
     if set(observers) != expected:
         raise ValueError("int8 calibration does not match this model's layers")

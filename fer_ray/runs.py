@@ -506,17 +506,24 @@ class Lease:
         import threading
 
         self._stop = threading.Event()
+        self._renewing = threading.Lock()
 
         def renew():
             while not self._stop.wait(self.ttl / 3):
-                try:
-                    held, etag = self._read()
-                    if not held or held.get("owner") != self.owner:
-                        self.lost = True
+                with self._renewing:
+                    if self._stop.is_set():
                         return
-                    self._create(replace_etag=etag, renew=True)
-                except Exception:  # noqa: BLE001 - a failed renewal is retried; expiry is far off
-                    continue
+                    try:
+                        held, etag = self._read()
+                        if not held or held.get("owner") != self.owner:
+                            self.lost = True
+                            return
+                        self._create(replace_etag=etag, renew=True)
+                        if self._stop.is_set():  # released while this renewal was in flight
+                            self._delete_if_ours()
+                            return
+                    except Exception:  # noqa: BLE001 - a failed renewal is retried; expiry is far off
+                        continue
 
         threading.Thread(target=renew, name="fer-ray-lease", daemon=True).start()
 
@@ -528,6 +535,14 @@ class Lease:
     def release(self) -> None:
         if self._stop is not None:
             self._stop.set()
+            # A renewal in flight (retrying through an S3 outage, say) would write the lease back
+            # after it was released: let it finish first (for at most a renewal period; past
+            # that, it deletes what it wrote itself).
+            if self._renewing.acquire(timeout=self.ttl / 3):
+                self._renewing.release()
+        self._delete_if_ours()
+
+    def _delete_if_ours(self) -> None:
         try:
             held, _ = self._read()
             if held and held.get("owner") == self.owner:

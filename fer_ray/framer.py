@@ -1,0 +1,365 @@
+"""A learned framing check for face crops: how far a crop's framing is from FER-2013's.
+
+    predict(pixels) -> Framing (scale, angle, dx, dy, face)   uint8 (N,48,48), one batch
+    reframe(gray, framing) -> uint8 48x48                       the crop FER-2013 would have made
+    train(data_dir, output)                                     `python -m fer_ray.framer --data DIR --output DIR`
+
+The shipped framer lies in fer_ray/bundles/framer (framer.json records how it was trained).
+
+Why: `--faces auto` must tell a crop framed like FER-2013 from one framed otherwise. The Haar
+detector (faces.py) answers that at ~5 ms of CPU per 48-px crop, dozens of times the model's own
+cost, and finds no face in a quarter of FER-2013 crops. This network (0.2 M parameters; int8 on
+CPU, about a tenth of the int8 model's time: benchmarks/bench_model.py) answers it for a whole
+batch at once: it regresses the similarity transform (zoom, rotation, translation) that takes
+FER-2013's canonical framing to the crop it is shown, and whether the crop holds a face at all.
+
+It learns from FER-2013 Training only: each crop is warped by a random transform (the target),
+what lies past the crop being its border repeated, its mirror image or a flat background, plus
+the photometric changes of the robust training recipe; non-faces (scrambled crops, smooth noise,
+gradients and shapes, periodic textures, patches of scikit-learn's two sample photos) teach the
+face output. Crops the framer takes for no face, or for a face smaller than it knows, go to the
+Haar detector (framing.py decides).
+
+Transform convention: a crop C framed canonically, seen as O(p) = C(A^-1 p) with
+A u = scale * R(angle) u + (dx, dy) in normalised coordinates (the side spans [-1, 1]; dx, dy
+here are fractions of the side). scale > 1: the face fills more of the frame than in FER-2013.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundles", "framer")
+WEIGHTS_FILE = "weights.safetensors"
+INT8_FILE = "int8.safetensors"  # calibrated observers: int8 on CPU, as for the model (quantize.py)
+FLOAT_MODULES = ("head.3",)  # the output layer stays float: int8 steps would blur the readings
+META_FILE = "framer.json"
+SIZE = 48
+# Training ranges (also where predictions are trusted): zoom log-uniform in [0.45, 1.6], rotation
+# ±30°, translation ±20 % of the side.
+ZOOM = (0.45, 1.6)
+ROTATE = 30.0
+SHIFT = 0.20
+WIDTHS, POOL = (16, 32, 64), 1
+
+
+class Framing(NamedTuple):
+    scale: np.ndarray  # (N,) zoom of the face against FER-2013's framing
+    angle: np.ndarray  # (N,) degrees
+    dx: np.ndarray  # (N,) fraction of the side
+    dy: np.ndarray
+    face: np.ndarray  # (N,) probability that the crop holds a face
+
+
+class FramerNet(nn.Module):
+    """Strided convolutions, then a dense head: position matters here, so no global pooling."""
+
+    def __init__(self, widths=WIDTHS, pool: int = POOL):
+        super().__init__()
+        # framing is coarse: a 24-px view is enough, and a quarter of the compute
+        layers, c = [nn.AvgPool2d(pool)] if pool > 1 else [], 1
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        side = math.ceil(SIZE / pool / 2 ** len(widths))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, 64), nn.ReLU(inplace=True),
+                                  nn.Linear(64, 6))  # log scale, cos, sin, dx, dy, face logit
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _inputs(pixels) -> torch.Tensor:
+    from .preprocess import normalize
+
+    return normalize(np.asarray(pixels, dtype=np.uint8)).reshape(-1, 1, SIZE, SIZE)
+
+
+def _decode(out: torch.Tensor) -> Framing:
+    out = out.float()
+    angle = torch.atan2(out[:, 2], out[:, 1]) * (180 / math.pi)
+    return Framing(torch.exp(out[:, 0]).numpy(), angle.numpy(), out[:, 3].numpy(), out[:, 4].numpy(),
+                   torch.sigmoid(out[:, 5]).numpy())
+
+
+_loaded: dict = {}
+_loading = threading.Lock()
+
+
+def load(path: str = HERE) -> torch.nn.Module | None:
+    """The framer at `path` (the shipped one by default), loaded once per process (int8 on CPU
+    where it is calibrated: it then costs about a tenth of what the int8 model does); None if absent."""
+    with _loading:
+        if path not in _loaded:
+            _loaded[path] = _load(path)
+    return _loaded[path]
+
+
+def _load(path: str) -> torch.nn.Module | None:
+    from safetensors.torch import load_file
+
+    from . import quantize
+
+    file = os.path.join(path, WEIGHTS_FILE)
+    if not os.path.exists(file):
+        return None
+    with open(os.path.join(path, META_FILE)) as f:
+        meta = json.load(f)
+    net = FramerNet(tuple(meta["widths"]), meta["pool"])
+    net.load_state_dict(load_file(file))
+    net.eval()
+    int8 = os.path.join(path, INT8_FILE)
+    if os.path.exists(int8) and quantize.available():
+        net = quantize.convert(net, load_file(int8), SIZE, FLOAT_MODULES)
+    return net
+
+
+def predict(pixels, net: FramerNet | None = None) -> Framing | None:
+    """uint8 (N, 48, 48) crops -> their Framing (None where no framer is installed)."""
+    net = net or load()
+    if net is None:
+        return None
+    with torch.inference_mode():
+        return _decode(net(_inputs(pixels)))
+
+
+def reframe(gray: np.ndarray, scale: float, angle: float, dx: float, dy: float, size: int = SIZE) -> np.ndarray:
+    """uint8 (H, W) crop + its predicted framing -> uint8 (size, size) framed as FER-2013 would
+    (the crop's border repeats where the canonical frame reaches past it)."""
+    from PIL import Image
+
+    h, w = gray.shape
+    a = math.radians(angle)
+    cos, sin = math.cos(a), math.sin(a)
+    # PIL maps continuous output coordinates to input ones: X -> u = X * 2/size - 1 in [-1, 1],
+    # then A u, then back to the input's continuous coordinates
+    k = 2.0 / size
+    ax, ay = scale * w / 2, scale * h / 2
+    matrix = (ax * cos * k, -ax * sin * k, w / 2 * (1 + 2 * dx) - ax * (cos - sin),
+              ay * sin * k, ay * cos * k, h / 2 * (1 + 2 * dy) - ay * (sin + cos))
+    pad = max(h, w)
+    big = Image.fromarray(np.pad(gray, pad, mode="edge"))
+    shifted = (matrix[0], matrix[1], matrix[2] + pad, matrix[3], matrix[4], matrix[5] + pad)
+    out = big.transform((size, size), Image.AFFINE, shifted, resample=Image.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def _warp(x: torch.Tensor, scale, angle, dx, dy, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Canonical crops -> what they look like under the framing (scale, angle rad, dx, dy). With
+    `gen`, what lies past the canonical crop is, per sample, its border repeated, its mirror image
+    or a flat background (crops from elsewhere have real surroundings, not smeared borders)."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # O(p) = C(A^-1 p), A^-1 p = R(-a)(p - d) / s
+    tx, ty = 2 * dx, 2 * dy
+    r00, r01, r10, r11 = cos / scale, sin / scale, -sin / scale, cos / scale
+    theta = torch.stack([torch.stack([r00, r01, -(r00 * tx + r01 * ty)], 1),
+                         torch.stack([r10, r11, -(r10 * tx + r11 * ty)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if gen is None:
+        return out
+    kind = torch.rand(x.shape[0], generator=gen)[:, None, None, None]
+    mirror = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    inside = F.grid_sample(torch.ones_like(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    flat = torch.randn(x.shape[0], 1, 1, 1, generator=gen)
+    framed = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + (1 - inside) * flat
+    return torch.where(kind < 0.5, out, torch.where(kind < 0.75, mirror, framed))
+
+
+def _negatives(n: int, gen: torch.Generator, faces: torch.Tensor, photos: torch.Tensor) -> torch.Tensor:
+    """Non-face crops, normalised like faces: scrambled face crops, smooth noise, gradients and
+    shapes, patches of photos without faces, periodic textures (stripes, checks, waves) in noise."""
+    kind = torch.randint(0, 5, (n,), generator=gen)
+    out = torch.empty(n, 1, SIZE, SIZE)
+    for i in range(n):
+        k = int(kind[i])
+        if k == 0:  # a face crop cut into 8x8 tiles, shuffled: a face's statistics, no face
+            src = faces[torch.randint(0, len(faces), (1,), generator=gen)][0, 0]
+            tiles = src.reshape(6, 8, 6, 8).permute(0, 2, 1, 3).reshape(36, 8, 8)
+            tiles = tiles[torch.randperm(36, generator=gen)]
+            out[i, 0] = tiles.reshape(6, 6, 8, 8).permute(0, 2, 1, 3).reshape(SIZE, SIZE)
+        elif k == 1:  # smooth noise
+            side = int(torch.randint(2, 24, (1,), generator=gen))
+            small = torch.randn(1, 1, side, side, generator=gen)
+            out[i] = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+        elif k == 2:  # a gradient with a few flat shapes
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+            a, b = torch.randn(2, generator=gen)
+            img = a * xx + b * yy
+            for _ in range(int(torch.randint(0, 4, (1,), generator=gen))):
+                cx, cy, r = torch.rand(3, generator=gen) * torch.tensor([2.0, 2.0, 0.6]) - torch.tensor([1.0, 1.0, -0.1])
+                mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2) if torch.rand(1, generator=gen) < 0.5 else \
+                    ((xx - cx).abs() < r) & ((yy - cy).abs() < r)
+                img = torch.where(mask, torch.randn(1, generator=gen), img)
+            out[i, 0] = img
+        elif k == 4:  # a periodic texture: products of waves of random periods and phases, plus noise
+            yy, xx = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32),
+                                    indexing="ij")
+            fx, fy, px, py = torch.rand(4, generator=gen) * torch.tensor([1.5, 1.5, 6.3, 6.3]) + torch.tensor([0.1, 0.1, 0, 0])
+            img = torch.sin(xx * fx + px) * torch.cos(yy * fy + py)
+            if torch.rand(1, generator=gen) < 0.3:
+                img = torch.sign(img)
+            out[i, 0] = img * (0.5 + torch.rand(1, generator=gen)) + torch.randn(SIZE, SIZE, generator=gen) * 0.3 * torch.rand(1, generator=gen)
+        else:  # a patch of a photo
+            p = photos[int(torch.randint(0, len(photos), (1,), generator=gen))]
+            side = int(torch.randint(24, min(p.shape) // 2, (1,), generator=gen))
+            y = int(torch.randint(0, p.shape[0] - side, (1,), generator=gen))
+            x = int(torch.randint(0, p.shape[1] - side, (1,), generator=gen))
+            patch = p[y:y + side, x:x + side][None, None]
+            out[i] = F.interpolate(patch, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+    return out
+
+
+def _photos() -> torch.Tensor | list:
+    from sklearn.datasets import load_sample_images
+
+    from .preprocess import MEAN, STD
+
+    out = []
+    for img in load_sample_images().images:
+        gray = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+        out.append(torch.from_numpy((gray - MEAN) / STD))
+    return out
+
+
+def _batch(x: torch.Tensor, gen: torch.Generator, photos, faces_pool, neg_share: float = 0.15):
+    """One training batch: warped faces (targets: their framing) and non-faces."""
+    from . import augment
+
+    n = x.shape[0]
+    u = lambda lo, hi: torch.rand(n, generator=gen) * (hi - lo) + lo  # noqa: E731
+    # a third of the faces stay near the canonical framing: that is where decisions are made
+    near = torch.rand(n, generator=gen) < 0.33
+    log_s = torch.where(near, u(-0.1, 0.1), u(math.log(ZOOM[0]), math.log(ZOOM[1])))
+    angle = torch.where(near, u(-6, 6), u(-ROTATE, ROTATE)) * (math.pi / 180)
+    dx = torch.where(near, u(-0.04, 0.04), u(-SHIFT, SHIFT))
+    dy = torch.where(near, u(-0.04, 0.04), u(-SHIFT, SHIFT))
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    obs = _warp(x, torch.exp(log_s), angle, dx, dy, gen)
+    obs = augment.photometric(obs, brightness=0.2, contrast=0.35, gamma=0.4)
+    obs = augment.blur(obs, 0.25)
+    obs = augment.lowres(obs, 0.2)
+    obs = augment.random_erase(obs, 0.3, (0.02, 0.15))
+    k = int(neg_share * n)
+    obs[:k] = _negatives(k, gen, faces_pool, photos)
+    face = torch.ones(n)
+    face[:k] = 0
+    target = torch.stack([log_s, torch.cos(angle), torch.sin(angle), dx, dy], 1)
+    return obs, target, face
+
+
+def _loss(out, target, face):
+    reg = F.smooth_l1_loss(out[:, :5], target, reduction="none", beta=0.05).sum(1)
+    reg = (reg * face).sum() / face.sum().clamp_min(1)
+    return reg + 0.5 * F.binary_cross_entropy_with_logits(out[:, 5], face)
+
+
+def evaluate(net, pixels: np.ndarray, seed: int = 1) -> dict:
+    """Median errors of the framing on `pixels` under random framings, and the face rates."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _inputs(pixels)
+    obs, target, face = _batch(x, gen, _photos(), x, neg_share=0.2)
+    with torch.inference_mode():
+        out = net(obs)
+    pred = _decode(out)
+    f = face.bool().numpy()
+    ang = np.degrees(torch.atan2(target[:, 2], target[:, 1]).numpy())
+    return {
+        "zoom_error_median": float(np.median(np.abs(np.log(pred.scale[f]) - target[f, 0].numpy()))),
+        "angle_error_median_deg": float(np.median(np.abs(pred.angle[f] - ang[f]))),
+        "shift_error_median": float(np.median(np.hypot(pred.dx[f] - target[f, 3].numpy(), pred.dy[f] - target[f, 4].numpy()))),
+        "faces_called_face": float((pred.face[f] > 0.5).mean()),
+        "non_faces_called_face": float((pred.face[~f] > 0.5).mean()),
+    }
+
+
+def train(data_dir: str, output: str, epochs: int = 60, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
+          log=print) -> dict:
+    """Train the framer on `data_dir`'s Training split (validated on PublicTest); writes `output`."""
+    from safetensors.torch import save_file
+
+    from . import data
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    train_px = data.load_split(data_dir, "Training").pixels
+    val_px = data.load_split(data_dir, "PublicTest").pixels
+    x_all, photos = _inputs(train_px), _photos()
+    net = FramerNet(WIDTHS, POOL)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * (len(x_all) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    start = time.time()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(x_all), generator=gen)
+        total = 0.0
+        for b in range(len(x_all) // batch_size):
+            obs, target, face = _batch(x_all[order[b * batch_size:(b + 1) * batch_size]], gen, photos, x_all)
+            loss = _loss(net(obs), target, face)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        net.eval()
+        metrics = evaluate(net, val_px[:2000])
+        log(f"epoch {epoch + 1}/{epochs} loss {total / (b + 1):.4f} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + f" ({time.time() - start:.0f} s)")
+    os.makedirs(output, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, os.path.join(output, WEIGHTS_FILE))
+    calibrate(net, x_all, output, seed)
+    meta = {"widths": list(WIDTHS), "pool": POOL, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "data_checksum": data.checksum(data_dir), "PublicTest": metrics,
+            "train_seconds": round(time.time() - start), "command": " ".join(["python -m fer_ray.framer", *sys.argv[1:]])}
+    with open(os.path.join(output, META_FILE), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def calibrate(net: FramerNet, x: torch.Tensor, output: str, seed: int = 0, batches: int = 8) -> None:
+    """Int8 observers for `net` from framings like the training ones (normalised crops `x`)."""
+    from safetensors.torch import save_file
+
+    from . import quantize
+
+    if not quantize.available():
+        return
+    gen = torch.Generator().manual_seed(seed + 1)
+    photos = _photos()
+    sample = [_batch(x[torch.randint(0, len(x), (256,), generator=gen)], gen, photos, x)[0] for _ in range(batches)]
+    save_file(quantize.calibrate(net.eval(), sample, SIZE, FLOAT_MODULES), os.path.join(output, INT8_FILE))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_ray.framer", description="Train the framing network.")
+    p.add_argument("--data", required=True, help="prepared FER-2013 (fer-ray prepare)")
+    p.add_argument("--output", required=True, help="a new folder (the shipped framer is never written)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    train(args.data, args.output, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
