@@ -41,10 +41,10 @@ def s3_client(pool: int = 10):
     """A plain botocore S3 client (thread-safe) for what fsspec does not offer: one GetObject per
     object, conditional writes. Standard retries: 503 SlowDown, 500 and resets are retried."""
     import botocore.config
-    import botocore.session
+    from botocore.session import get_session
 
     config = botocore.config.Config(max_pool_connections=pool, retries={"max_attempts": RETRIES, "mode": "standard"})
-    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint_url(), config=config)
+    return get_session().create_client("s3", endpoint_url=endpoint_url(), config=config)
 
 
 def split_s3(uri: str) -> tuple[str, str]:
