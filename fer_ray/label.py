@@ -302,13 +302,15 @@ def _uri_table(chunk) -> pa.Table:
 def label_here(todo, job: Job, run_id: str, loaded):
     """The labeling stage in this process: the Labeler an actor runs, over the same batches, with
     the bundle the driver already loaded. Two stages overlap: this thread fetches, decodes and
-    frames the next batch while a second one runs the model on the last (torch on the other
-    cores; it releases the GIL). Yields result tables in order."""
+    frames the next batch while a second one runs the model on the last (torch releases the GIL).
+    The model gets every core: on CPUs without fast int8 units it is the slower stage, and on
+    2 cores 2 threads label 1.4x faster than 1 while decoding shares the cores (measured with
+    benchmarks/bench_startup.py). Yields result tables in order."""
     import concurrent.futures as cf
 
     from .evaluate import available_cores
 
-    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=max(1, available_cores() - 1),
+    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(),
                     gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
                     precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=True)
     with cf.ThreadPoolExecutor(1, thread_name_prefix="model") as model:
