@@ -304,8 +304,8 @@ def label_here(todo, job: Job, run_id: str, loaded):
     the bundle the driver already loaded. Two stages overlap: this thread fetches, decodes and
     frames the next batch while a second one runs the model on the last (torch releases the GIL).
     The model gets every core: on CPUs without fast int8 units it is the slower stage, and on
-    2 cores 2 threads label 1.4x faster than 1 while decoding shares the cores (measured with
-    benchmarks/bench_startup.py). Yields result tables in order."""
+    2 cores the two stages ran 1.4x faster with 2 model threads than with 1, decoding sharing the
+    cores (end to end: benchmarks/bench_startup.py). Yields result tables in order."""
     import concurrent.futures as cf
 
     from .evaluate import available_cores
