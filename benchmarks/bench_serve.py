@@ -7,10 +7,14 @@ same image path (framing.from_bytes, inference.predict_probs):
 
   serve      the Ray Serve application of `fer-ray serve` (1 replica, faces batched across requests)
   unbatched  a plain threaded HTTP server in its own process: one forward pass per request
+  no-op      a Ray Serve deployment that reads the body and returns a fixed answer: no decoding, no
+             model. It is the ceiling of any Serve application on this machine and client load:
+             serve / unbatched cannot exceed no-op / unbatched.
 
 For each payload (a 48x48 face crop; a 640x480 photo with one face) and each number of
 concurrent clients (threads with keep-alive connections, each sending its next request when the
-last one is answered) the script prints requests/s, p50 and p99 latency, and serve / unbatched.
+last one is answered) the script prints requests/s, p50 and p99 latency, serve / unbatched and
+no-op / unbatched.
 """
 
 from __future__ import annotations
@@ -85,7 +89,24 @@ def payloads() -> dict[str, bytes]:
     return out
 
 
-def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
+NOOP_ANSWER = {"model_id": "no-op", "images": [{"faces": [{"emotion": "neutral"}]}]}
+
+
+def noop_app():
+    """A deployment with Serve's own costs only (proxy, routing, the replica's event loop)."""
+    from ray import serve
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)  # as fer-ray serve
+    class Noop:
+        async def __call__(self, request):
+            await request.body()
+            return JSONResponse(NOOP_ANSWER)
+
+    return Noop.bind()
+
+
+def load(port: int, body: bytes, clients: int, seconds: float, path: str = "/predict") -> dict:
     """`clients` threads, each with its own keep-alive connection, for `seconds`."""
     latencies, errors, stop = [], [0], time.monotonic() + seconds
     lock = threading.Lock()
@@ -96,7 +117,7 @@ def load(port: int, body: bytes, clients: int, seconds: float) -> dict:
         while time.monotonic() < stop:
             t = time.perf_counter()
             try:
-                conn.request("POST", "/predict", body, {"Content-Type": "application/octet-stream"})
+                conn.request("POST", path, body, {"Content-Type": "application/octet-stream"})
                 r = conn.getresponse()
                 ok = r.status == 200 and json.loads(r.read())["images"][0]["faces"]
             except (OSError, http.client.HTTPException, ValueError):
@@ -139,6 +160,7 @@ def main():
     serve_port, plain_port = free_port(), free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     serve.run(fer_serve.build_app("fast", replicas=args.replicas), name="fer-ray", route_prefix="/")
+    serve.run(noop_app(), name="no-op", route_prefix="/noop")
     plain = subprocess.Popen([sys.executable, "-c", UNBATCHED, str(plain_port)], cwd=ROOT, stdout=subprocess.PIPE)
     plain.stdout.readline()  # "ready"
     out = {"cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2), "seconds": args.seconds,
@@ -149,15 +171,19 @@ def main():
         for name, body in payloads().items():
             for clients in (int(c) for c in args.clients.split(",")):
                 row = {}
-                for who, port in (("unbatched", plain_port), ("serve", serve_port)):
-                    load(port, body, clients, 2.0)  # warm-up: connections, first calls
-                    row[who] = load(port, body, clients, args.seconds)
-                ratio = row["serve"]["rps"] / row["unbatched"]["rps"] if row["unbatched"]["rps"] else float("nan")
+                for who, port, path in (("unbatched", plain_port, "/predict"), ("serve", serve_port, "/predict"),
+                                        ("no-op", serve_port, "/noop/predict")):
+                    load(port, body, clients, 2.0, path)  # warm-up: connections, first calls
+                    row[who] = load(port, body, clients, args.seconds, path)
+                base = row["unbatched"]["rps"] or float("nan")
+                ratio, ceiling = row["serve"]["rps"] / base, row["no-op"]["rps"] / base
                 print(f"{name:14s} {clients:3d} clients  unbatched {row['unbatched']['rps']:7.1f} req/s "
                       f"p50 {row['unbatched']['p50_ms'] or 0:6.1f} p99 {row['unbatched']['p99_ms'] or 0:6.1f} ms  |  "
                       f"serve {row['serve']['rps']:7.1f} req/s p50 {row['serve']['p50_ms'] or 0:6.1f} "
-                      f"p99 {row['serve']['p99_ms'] or 0:6.1f} ms  |  x{ratio:.2f}  "
-                      f"errors {row['unbatched']['errors']}/{row['serve']['errors']}", flush=True)
+                      f"p99 {row['serve']['p99_ms'] or 0:6.1f} ms  |  x{ratio:.2f}  |  no-op "
+                      f"{row['no-op']['rps']:7.1f} req/s p99 {row['no-op']['p99_ms'] or 0:6.1f} ms x{ceiling:.2f}  "
+                      f"errors {row['unbatched']['errors']}/{row['serve']['errors']}/{row['no-op']['errors']}",
+                      flush=True)
                 out["results"][f"{name} / {clients}"] = row
     finally:
         plain.kill()
