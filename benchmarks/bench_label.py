@@ -290,13 +290,14 @@ def naive_startup() -> float:
 # ----------------------------------------------------------------------------- (d) the job
 
 
-def job(source, dest, args, faces="crop") -> dict:
-    """(d): fer_ray.label.run; CPU counted over the driver and every Ray process."""
+def job(source, dest, args, faces="crop", on_ray=True) -> dict:
+    """(d): fer_ray.label.run; CPU counted over the driver and every Ray process. on_ray=False:
+    (e), the same job in this process (what small runs do)."""
     from fer_ray import label
 
     c = tree_cpu()
-    m = label.run(source, dest, batch_size=args.batch_size, workers=args.workers, progress=False,
-                  echo=lambda *_: None, faces=faces, ray=True)  # the actor pool, whatever the size
+    m = label.run(source, dest, batch_size=args.batch_size, workers=args.workers if on_ray else None,
+                  progress=False, echo=lambda *_: None, faces=faces, ray=on_ray)
     m["cpu_us_per_image"] = (tree_cpu() - c) / max(1, m["objects"]) * 1e6
     return m
 
@@ -427,8 +428,9 @@ def main_speed(args):
             if keys:
                 todo.append(("s3", "s3://bench/images", f"s3://bench/out-{rep}"))
             todo += [(f"local_{mode}", folder, os.path.join(tmp, f"out-local-{mode}-{rep}")) for mode in args.faces[1:]]
+            todo.append(("here", folder, os.path.join(tmp, f"out-here-{rep}")))
             for name, src, dest in todo:
-                m = job(src, dest, args, name.split("_")[1] if "_" in name else args.faces[0])
+                m = job(src, dest, args, name.split("_")[1] if "_" in name else args.faces[0], on_ray=name != "here")
                 print(f"  job {name} #{rep}: {m['objects_per_second']} img/s, steady "
                       f"{m.get('steady_objects_per_second')}, {m['cpu_us_per_image']:.0f} CPU us/img", flush=True)
                 if m["objects_per_second"] > res.get(f"d_job_{name}", 0):
@@ -464,6 +466,8 @@ def report(res, args):
         *[row for m in args.faces[1:] for row in (
             (f"(d) Ray job, local folder, --faces {m}, incl. start-up", f"d_job_local_{m}", floor_local),
             (f"(d) Ray job, local folder, --faces {m}, steady", f"d_job_local_{m}_steady", floor_local))],
+        ("(e) the job in this process, local folder", "d_job_here", floor_local),
+        ("(e) the job in this process, local folder, steady", "d_job_here_steady", floor_local),
         ("(d) Ray job, local S3, incl. start-up", "d_job_s3", floor_s3),
         ("(d) Ray job, local S3, steady state", "d_job_s3_steady", floor_s3),
     ]

@@ -32,6 +32,7 @@ DEFAULTS = {
     "blur": 0.0,  # probability of a Gaussian blur, sigma uniform in [0.3, 1.5] px
     "lowres": 0.0,  # probability of going down to 16..32 px and back (low-resolution sources)
     "noise": 0.0,  # max std of additive Gaussian noise on the 0..1 scale (per sample, uniform in [0, n])
+    "jpeg": 0.0,  # probability of a JPEG round trip at quality uniform in [15, 60] (8x8 DCT quantisation)
 }
 NONE = {k: (v if k == "erase_area" else 0.0) for k, v in DEFAULTS.items()}
 
@@ -46,7 +47,7 @@ def resolve(options: dict | None) -> dict:
     for key in ("flip", "erase"):
         if not 0.0 <= float(out[key]) <= 1.0:
             raise ValueError(f"augment {key} is a probability in [0, 1], got {out[key]}")
-    for key in ("blur", "lowres"):
+    for key in ("blur", "lowres", "jpeg"):
         if not 0.0 <= float(out[key]) <= 1.0:
             raise ValueError(f"augment {key} is a probability in [0, 1], got {out[key]}")
     for key in ("rotate", "shift", "zoom", "aspect", "brightness", "contrast", "gamma", "noise"):
@@ -154,6 +155,51 @@ def blur(x: torch.Tensor, p: float = 0.0, sigma=(0.3, 1.5), radius: int = 3) -> 
     return torch.where(_chosen(n, p, x), out, x)
 
 
+# The luminance quantisation table of the JPEG standard (Annex K), which libjpeg scales by quality.
+_JPEG_LUMA = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
+    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99],
+], dtype=torch.float32)
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float32)
+    m = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m
+
+
+def jpeg_table(quality: torch.Tensor) -> torch.Tensor:
+    """(n,) qualities in 1..100 -> (n, 8, 8) quantisation tables, scaled as libjpeg scales them."""
+    q = quality.clamp(1, 100)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)[:, None, None]
+    return torch.floor((_JPEG_LUMA.to(q.device) * scale + 50) / 100).clamp(1, 255)
+
+
+def jpeg(x: torch.Tensor, p: float = 0.0, quality=(15, 60)) -> torch.Tensor:
+    """With probability p per sample, what a greyscale JPEG round trip does to it: 8x8 blocks, DCT,
+    coefficients rounded to the quality-scaled luminance table, back, rounded to 8 bits. Photos from
+    the web and phone uploads arrive like this; Pillow per image would cost more than the step."""
+    if p <= 0:
+        return x
+    from .preprocess import MEAN, STD
+
+    n, c, h, w = x.shape
+    ph, pw = -h % 8, -w % 8
+    px = F.pad(x * STD + MEAN, [0, pw, 0, ph], mode="replicate") * 255.0 - 128.0
+    hh, ww = h + ph, w + pw
+    blocks = px.reshape(n, c, hh // 8, 8, ww // 8, 8).transpose(3, 4)  # (n, c, by, bx, 8, 8)
+    d = _dct_matrix().to(x.device, x.dtype)
+    table = jpeg_table(torch.floor(_uniform(n, quality[0], quality[1] + 1, x))).to(x.dtype)
+    table = table[:, None, None, None]
+    coef = torch.round(d @ blocks @ d.T / table) * table
+    back = (d.T @ coef @ d).transpose(3, 4).reshape(n, c, hh, ww)[..., :h, :w]
+    out = (torch.round(back + 128.0).clamp(0, 255) / 255.0 - MEAN) / STD
+    return torch.where(_chosen(n, p, x), out, x)
+
+
 def photometric(x: torch.Tensor, brightness: float = 0.0, contrast: float = 0.0, gamma: float = 0.0,
                 noise: float = 0.0) -> torch.Tensor:
     """Contrast (around each image's mean), brightness, gamma and noise, on the 0..1 pixel scale."""
@@ -176,14 +222,15 @@ def photometric(x: torch.Tensor, brightness: float = 0.0, contrast: float = 0.0,
 
 
 def augment(x: torch.Tensor, options: dict) -> torch.Tensor:
-    """Apply flip, affine (rotate/shift/zoom/aspect), low resolution, blur, photometric changes and
-    erasing with the strengths in a resolve()d dict."""
+    """Apply flip, affine (rotate/shift/zoom/aspect), low resolution, blur, photometric changes,
+    erasing and JPEG with the strengths in a resolve()d dict."""
     x = hflip(x, options["flip"])
     x = affine(x, options["rotate"], options["shift"], options["zoom"], options["aspect"])
     x = lowres(x, options["lowres"])
     x = blur(x, options["blur"])
     x = photometric(x, options["brightness"], options["contrast"], options["gamma"], options["noise"])
-    return random_erase(x, options["erase"], options["erase_area"])
+    x = random_erase(x, options["erase"], options["erase_area"])
+    return jpeg(x, options["jpeg"])  # last: compression is the last thing to happen to a photo
 
 
 def mix(x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, mixup: float = 0.0, cutmix: float = 0.0):

@@ -88,9 +88,28 @@ def test_robust_transforms_change_what_they_say(batch):
     assert not torch.allclose(darker.mean((1, 2, 3)), px.mean((1, 2, 3)), atol=0.01)
     flat = augment.photometric(batch, contrast=0.9) * preprocess.STD + preprocess.MEAN
     assert flat.min() >= 0 and flat.max() <= 1  # stays on the 0..1 pixel scale
-    for fn in (augment.blur, augment.lowres):
+    for fn in (augment.blur, augment.lowres, augment.jpeg):
         assert torch.equal(fn(batch, p=0.0), batch)
     assert torch.equal(augment.photometric(batch), batch)
+
+
+@pytest.mark.parametrize("quality", [15, 30, 60])
+def test_jpeg_matches_pillow(quality):
+    import io
+
+    import matplotlib.cbook
+    from PIL import Image
+
+    img = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("L").resize((48, 48))
+    px = np.asarray(img)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    pillow = np.asarray(Image.open(buf)).astype(np.float32)
+    out = augment.jpeg(preprocess.normalize(px[None]), p=1.0, quality=(quality, quality))
+    ours = ((out * preprocess.STD + preprocess.MEAN) * 255).round().squeeze().numpy()
+    # as close to Pillow's round trip as rounding allows, and far from the untouched image
+    assert np.abs(ours - pillow).mean() < 1.0
+    assert np.abs(px - pillow).mean() > 5.0
 
 
 def test_aspect_stretches_one_axis(batch):
