@@ -1,7 +1,9 @@
 """Model forward rate on pre-decoded 48x48 tensors (the fast model's speed target: >= 4,000 img/s
 at batch 256 on a 2-core machine). Prints the median of several timed passes per bundle: eager fp32, BN-folded channels-last fp32,
-and int8 (when the bundle is calibrated), each as img/s and as a ratio to eager; and the framer that
-`--faces auto` runs over crops first.
+and int8 (when the bundle is calibrated), each as img/s and as a ratio to eager; int8 once more with
+the weights packed for the x86 engine's own kernel choice (FBGEMM on CPUs without AVX-512 VNNI),
+against which fer-ray's oneDNN packing was chosen; and the framer that `--faces auto` runs over
+crops first.
 
     .venv/bin/python benchmarks/bench_model.py [--bundle PATH ...] [--threads 2] [--batch 256] [--json OUT.json]
 
@@ -63,6 +65,13 @@ def main():
             r_int8 = forward_rate(bundle.load(path, precision="int8").model, x, args.repeats)
             line += f" int8={r_int8:8.0f} ({r_int8 / r_plain:.2f}x)"
             rates["int8"] = round(r_int8)
+            kernels, quantize.KERNELS = quantize.KERNELS, quantize.ENGINE
+            try:
+                r_x86 = forward_rate(bundle.load(path, precision="int8").model, x, args.repeats)
+            finally:
+                quantize.KERNELS = kernels
+            line += f" int8-x86-engine={r_x86:8.0f} (int8 {r_int8 / r_x86:.2f}x that)"
+            rates["int8_x86_engine"] = round(r_x86)
         out["models"][plain.model_id] = rates
         print(line, flush=True)
     net = framer.load()

@@ -1,7 +1,11 @@
-"""Int8 CPU inference: post-training static quantisation with PyTorch FX on the x86 backend.
+"""Int8 CPU inference: post-training static quantisation with PyTorch FX.
 
 Conv+BN+ReLU are fused and run as int8 kernels (per-channel weights, activations scaled by
-observers). A bundle stores only the calibrated observers (plain float tensors, beside the fp32
+observers). Observers follow the x86 backend's qconfig (activations on 7 bits, so that CPUs
+without VNNI cannot saturate their 16-bit pair sums); the kernels are oneDNN's wherever torch has
+them. The x86 engine picks oneDNN only on CPUs with AVX-512 VNNI and FBGEMM elsewhere, and on
+AVX2-only CPUs oneDNN ran the shipped models 1.6-2.2x faster with the same predictions
+(docs/benchmarks.md). A bundle stores only the calibrated observers (plain float tensors, beside the fp32
 weights), so loading stays a safetensors read: the quantised model is rebuilt from the fp32 one
 on load, deterministically, with no calibration data needed."""
 
@@ -12,7 +16,8 @@ import warnings
 
 import torch
 
-ENGINE = "x86"
+ENGINE = "x86"  # the qconfig (observers) a calibration is made for
+KERNELS = "onednn"  # the engine the int8 model is converted (weights packed) for, when present
 MARK = "activation_post_process"  # FX names every activation observer with this prefix
 
 
@@ -66,6 +71,8 @@ def convert(model: torch.nn.Module, observers: dict[str, torch.Tensor], size: in
     if set(observers) != expected:
         raise ValueError("int8 calibration does not match this model's layers")
     prepared.load_state_dict(observers, strict=False)
+    if KERNELS in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = KERNELS  # packs the weights for its kernels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(prepared).eval()
