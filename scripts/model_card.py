@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fer_ray import bundle, models, shifts  # noqa: E402
 
 NOTES = "<!-- notes -->"
+SPEED_NAMES = {"int8_x86_engine": "int8 with the weights packed for the x86 engine's own kernel choice"}
 
 
 def pct(v) -> str:
@@ -101,7 +102,7 @@ def card(path: str, name: str, speed: str | None) -> str:
                       f"median of {s['repeats']} (`benchmarks/bench_model.py --json`, "
                       f"{s['cores']} cores of {s.get('cpu', 'an unnamed CPU')}, load average "
                       f"{s['load_before']}-{s['load_after']}): "
-                      + ", ".join(f"{k} **{v:,} img/s**" for k, v in r.items()) + "."]
+                      + ", ".join(f"{SPEED_NAMES.get(k, k)} **{v:,} img/s**" for k, v in r.items()) + "."]
     if not meta.get("members"):
         lines += ["", "## Training", ""] + training(meta)
     old = open(os.path.join(path, "MODEL_CARD.md")).read() if os.path.exists(os.path.join(path, "MODEL_CARD.md")) else ""
