@@ -4,9 +4,9 @@ Conv+BN+ReLU are fused and run as int8 kernels (per-channel weights, activations
 observers). Observers follow the x86 backend's qconfig (activations on 7 bits, so that CPUs
 without VNNI cannot saturate their 16-bit pair sums); the kernels are oneDNN's wherever torch has
 them. The x86 engine picks oneDNN only on CPUs with AVX-512 VNNI and FBGEMM elsewhere, and on
-AVX2-only CPUs oneDNN ran the shipped models 1.6-2.2x faster with the same predictions
-(docs/benchmarks.md). A bundle stores only the calibrated observers (plain float tensors, beside the fp32
-weights), so loading stays a safetensors read: the quantised model is rebuilt from the fp32 one
+AVX2-only CPUs oneDNN ran the shipped models 1.4-2.2x faster with the same predictions
+(docs/benchmarks.md). A bundle stores only the calibrated observers (plain float tensors, beside
+the fp32 weights), so loading stays a safetensors read: the quantised model is rebuilt from the fp32 one
 on load, deterministically, with no calibration data needed."""
 
 from __future__ import annotations
