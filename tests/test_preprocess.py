@@ -7,7 +7,8 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 import badfiles
 from fer_ray import preprocess
@@ -143,3 +144,63 @@ def test_decode_is_quiet_and_unchanged_under_warnings_as_errors():
             except preprocess.DecodeError:
                 got = "error"
             assert got == expect, name
+
+
+def _pillow(data: bytes) -> Image.Image:
+    """What Pillow alone makes of the bytes: the reference for every file decode takes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the broken-EXIF entry's warning
+        return preprocess.to_gray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+
+
+def _plain_files() -> dict[str, bytes]:
+    """Files a bucket of crops and photos is made of, which decode hands to OpenCV."""
+    face = badfiles._face_like(96)
+    rgb = np.stack([face, np.roll(face, 7, 1), 255 - face], -1)
+    files = {}
+    for q in (20, 75, 95):
+        files[f"gray_q{q}.jpg"] = badfiles._save(Image.fromarray(face[:48, :48]), "JPEG", quality=q)
+        for sub in (0, 2):
+            files[f"rgb_q{q}_sub{sub}.jpg"] = badfiles._save(Image.fromarray(rgb[:, :80]), "JPEG", quality=q, subsampling=sub)
+    files["progressive.jpg"] = badfiles._save(Image.fromarray(rgb), "JPEG", quality=80, progressive=True)
+    files["optimized.jpg"] = badfiles._save(Image.fromarray(rgb), "JPEG", quality=80, optimize=True)
+    files["gray.png"] = badfiles._save(Image.fromarray(face), "PNG")
+    files["rgb_dpi.png"] = badfiles._save(Image.fromarray(rgb[:50]), "PNG", dpi=(72, 72))
+    info = PngInfo()
+    info.add_text("Software", "camera")
+    files["gray_text.png"] = badfiles._save(Image.fromarray(face[:30]), "PNG", pnginfo=info)
+    return files
+
+
+@pytest.mark.parametrize("name", sorted(_plain_files()))
+def test_plain_files_go_through_opencv_with_pillows_pixels(name):
+    data = _plain_files()[name]
+    img = preprocess._decode_plain(data, preprocess.MAX_PIXELS)
+    assert img is not None, "a plain JPEG/PNG should take the fast path"
+    ref = Image.open(io.BytesIO(data))
+    assert img.mode == ref.mode and img.size == ref.size
+    assert (np.asarray(img) == np.asarray(ref.convert(ref.mode))).all()
+
+
+@pytest.mark.parametrize("name", [n for n, _, e in CATALOGUE if e == "ok"])
+def test_every_ok_entry_has_the_pixels_pillow_gives(name):
+    data = BY_NAME[name][0]
+    assert (np.asarray(preprocess.to_gray(preprocess.decode(data))) == np.asarray(_pillow(data))).all()
+
+
+@pytest.mark.parametrize("name", ["cmyk.jpg", "exif_orientation_6.jpg", "exif_broken.jpg", "rgba.png", "la.png",
+                                  "palette_transparent.png", "gray16.png", "rgb48.png", "bilevel.png",
+                                  "truncated_half.jpg", "no_eoi_marker.jpg", "truncated_half.png",
+                                  "truncated_no_iend_and_half_idat.png", "corrupt_crc.png", "bomb_9000x9000.png",
+                                  "bomb_65000x65000.jpg", "corrupt_header.jpg", "truncated_header.jpg"])
+def test_what_only_pillow_reads_right_is_left_to_pillow(name):
+    """Transparency, EXIF, CMYK, 16 bits and every broken or oversized file keep Pillow's rules."""
+    assert preprocess._decode_plain(BY_NAME[name][0], preprocess.MAX_PIXELS) is None
+
+
+def test_a_png_with_bytes_after_its_end_is_left_to_pillow():
+    data = BY_NAME["one_pixel.png"][0]
+    assert preprocess._decode_plain(data, preprocess.MAX_PIXELS) is not None
+    assert preprocess._decode_plain(data + b"\0", preprocess.MAX_PIXELS) is None
