@@ -8,7 +8,7 @@
 Generates N 48x48 grayscale JPEGs (face-like patterns) into a temp folder and into a local S3
 server (moto, started here as its own process), then prints:
   (a) the model's forward rate alone, on pre-decoded pixels (one process, all cores' threads)
-  (b) decode + preprocess alone (one process: Pillow decode + to_gray48)
+  (b) decode + preprocess alone (one process: preprocess.decode + framing, as the actors do)
   source rates: local-folder read rate; the S3 server's own GET rate (16 GETs in flight, with the
       job's fetcher; and, for reference, through s3fs's `cat`, which the job does not use)
   (c) a naive single-process loop: fetch a batch (the same fetcher), decode, predict, write Parquet
