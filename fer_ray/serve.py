@@ -24,6 +24,11 @@ from .emotions import EMOTIONS
 from .errors import one_line
 from .preprocess import DecodeError
 
+# Ray Serve gives its HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core
+# machine a new proxy process takes longer than that to start, and serve.start fails after
+# killing it again and again. Serve's controller reads this when it starts, so it must be in the
+# environment of the process that starts a local Ray (a cluster's nodes need it in theirs).
+PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
 MAX_REQUEST_BYTES = 20 << 20
 MAX_IMAGES = 16
 BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}  # faces per forward pass, and how long to gather

@@ -78,6 +78,10 @@ def ray_local(s3_server, tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
+        from fer_ray.serve import PROXY_ENV  # as `fer-ray serve` starts its local Ray
+
+        for key, value in PROXY_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(
             address="local",
             num_cpus=2,

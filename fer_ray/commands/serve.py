@@ -50,6 +50,8 @@ def run(args) -> int:
         raise UsageError("--port must be 1-65535, --replicas >= 1 and --cpus-per-replica > 0")
     model_id = bundle.load(args.model, gpu=args.gpu).model_id  # a bad --model fails here, in one line
     if not ray.is_initialized():
+        for key, value in fer_serve.PROXY_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(fer_serve.build_app(args.model, args.faces, args.replicas, args.autoscale, args.cpus_per_replica,
