@@ -227,9 +227,11 @@ def _cpu_copy(state: dict) -> dict:
 
 def teacher_targets(teacher, x: torch.Tensor, t: torch.Tensor, weight: float, amp: bool,
                     flip: bool = False) -> torch.Tensor:
-    """Knowledge distillation: blend the teacher's probabilities on the same augmented input into
-    the targets (before mixup/CutMix, which then mix them like any target). `flip`: averaged
-    with its probabilities on the mirror image, a better teacher for one more forward pass."""
+    """Knowledge distillation: blend the teacher's probabilities on exactly the student's input
+    (augmented, then mixed by mixup/CutMix) into the targets. Asking the teacher about the mixed
+    image rather than mixing its answers on the two originals matches the two functions on a wider
+    set of inputs ("function matching", Beyer et al. 2022). `flip`: averaged with its
+    probabilities on the mirror image, a better teacher for one more forward pass."""
     with torch.no_grad(), _eval_autocast(x.device, amp):
         probs = torch.softmax(teacher(x).float(), dim=1)
         if flip:
@@ -290,10 +292,10 @@ def fit(model, train_batches, val_batches, config, reporter, start_state: dict |
             x = _inputs(px, device)
             x = aug.augment(x, cfg.augment)
             t = targets_for(y, None if votes is None else votes.to(device), cfg.soft_labels, cfg.label_smoothing)
-            if cfg.distill > 0:
-                t = teacher_targets(teacher, x, t, cfg.distill, cfg.amp, cfg.teacher_flip)
             w = weights_by_class[y] if weights_by_class is not None else torch.ones(len(y), device=device)
             x, t, w = aug.mix(x, t, w, cfg.mixup, cfg.cutmix)
+            if cfg.distill > 0:  # on the mixed images: the student learns the teacher's function there too
+                t = teacher_targets(teacher, x, t, cfg.distill, cfg.amp, cfg.teacher_flip)
             with _autocast(device, cfg.amp):
                 logits = model(x)
             loss = soft_cross_entropy(logits, t, w)

@@ -80,6 +80,28 @@ def test_distillation_pulls_the_student_towards_the_teacher():
         loop.fit(models.build("fastnet", **TINY), tb, vb, {**cfg, "distill": 0.5, "teacher": "a bundle not loaded"}, Recorder())
 
 
+def test_the_teacher_is_asked_about_the_students_mixed_input():
+    seen = {"teacher": [], "student": []}
+
+    class Spy(nn.Module):
+        def __init__(self, who, inner=None):
+            super().__init__()
+            self.who, self.inner = who, inner
+
+        def forward(self, x):
+            if self.training or self.who == "teacher":
+                seen[self.who].append(x.detach().clone())
+            return self.inner(x) if self.inner is not None else torch.zeros(len(x), 7)
+
+    torch.manual_seed(0)
+    tb, vb = batches(n_train=64)
+    student = Spy("student", models.build("fastnet", **TINY))
+    cfg = {"epochs": 1, "augment": None, "mixup": 1.0, "cutmix": 1.0, "distill": 0.5, "teacher": "spy"}
+    loop.fit(student, tb, vb, cfg, Recorder(), teacher=Spy("teacher").eval())
+    assert len(seen["teacher"]) == len(seen["student"]) == len(tb)
+    assert all(torch.equal(a, b) for a, b in zip(seen["teacher"], seen["student"]))
+
+
 def test_fit_options_run_together():
     """Soft labels, smoothing, class weights, mixup+cutmix, AdamW, plateau: one epoch, finite loss."""
     torch.manual_seed(0)
