@@ -492,7 +492,7 @@ def report(res, args):
           "first batch. CPU: all processes (driver, Ray), S3 server excluded")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(res, n=args.n, cpus=args.cpus, tune=args.tune, load=os.getloadavg()), f, indent=2)
+            json.dump(dict(res, n=args.n, batch_size=args.batch_size, cpus=args.cpus, tune=args.tune, load=os.getloadavg()), f, indent=2)
 
 
 def main_memory(args):
@@ -543,11 +543,13 @@ def parse_tune(items):
 
 
 def main():
+    from fer_ray.label import BATCH_OBJECTS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--faces", default="crop,auto",
                     help="labeling modes: the first for every figure, the others for (b) and the local job only")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=BATCH_OBJECTS)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=1, help="job runs per source (best is printed)")

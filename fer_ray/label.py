@@ -27,6 +27,11 @@ from .labeler import INPUT_SCHEMA, Labeler
 from .sources import key, list_source, listing_digest, not_labeled
 from .video import DEFAULT_FPS, is_video
 
+# Objects per Ray Data block, which is one labeling call in an actor (the model runs it in chunks
+# of TUNING["forward_chunk"]): per-block costs (Ray's hand-offs, the driver's Parquet writes) made
+# blocks of 1,024 run ~1.1x faster than blocks of 256 at steady state (docs/benchmarks.md)
+BATCH_OBJECTS = 1024
+
 # Knobs measured by benchmarks/bench_label.py (see the README for the figures behind the defaults).
 TUNING = {
     "calls_per_actor": 2,  # batches in flight in one actor: one fetches while the other computes
@@ -34,6 +39,7 @@ TUNING = {
     "cpu_fraction": 0.9,  # share of its CPUs an actor reserves: never all of them (2-core hang)
     "forward_chunk": 64,  # images per forward call on CPU in a 1-thread actor (cache-friendly activations)
     "batch_here": 256,  # images per forward call when labeling in this process with every core
+    "blocks_here": 16,  # ... and at least this many blocks in a run there (blocks of >= batch_here)
     "fetch_threads": 16,  # GETs / local reads in flight per batch
     # trace + freeze the model for CPU inference: ~25% less CPU per image, but ~2-3 CPU-seconds
     # to compile in each actor, so only worth it from this many images per actor on
@@ -62,7 +68,7 @@ class Job:
     model_id: str
     faces: str = "auto"
     incremental: bool = False
-    batch_size: int = 256
+    batch_size: int = BATCH_OBJECTS
     workers: int | None = None
     gpu: bool = False
     precision: str = "auto"
@@ -126,7 +132,7 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
     return n, max(0.01, round(min(float(threads), share) * TUNING["cpu_fraction"], 2)), threads, 0.0
 
 
-def run(source, dest, model=None, faces="auto", incremental=False, batch_size=256, workers=None,
+def run(source, dest, model=None, faces="auto", incremental=False, batch_size=BATCH_OBJECTS, workers=None,
         gpu=False, run_id=None, progress=True, echo=None, precision="auto", tta=False,
         lease_seconds: float = 300.0, ray: bool | None = None, video_fps: float = DEFAULT_FPS) -> dict:
     """Label every image and video under SOURCE into DEST; returns the commit marker (the run's
@@ -313,15 +319,23 @@ def label_here(todo, job: Job, run_id: str, loaded):
     stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(),
                     gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
                     precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=True)
+    size = block_size(len(todo), job.batch_size, int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
     with cf.ThreadPoolExecutor(1, thread_name_prefix="model") as model:
         pending = None
-        for chunk in blocks(todo, job.batch_size):
+        for chunk in blocks(todo, size):
             prepared = stage.prepare(_uri_table(chunk))
             if pending is not None:
                 yield pending.result()
             pending = model.submit(stage.finish, prepared)
         if pending is not None:
             yield pending.result()
+
+
+def block_size(objects: int, batch_size: int, at_least: int, count: int) -> int:
+    """Objects per block: `batch_size`, but a small run is cut into at least `count` blocks (of no
+    fewer than `at_least` objects): the first block's fetching and the last block's forward pass
+    overlap nothing, so blocks that are large next to the run make it wait."""
+    return max(1, min(batch_size, max(at_least, -(-objects // count))))
 
 
 def blocks(todo: list, size: int) -> list[list]:
@@ -342,7 +356,7 @@ def build_dataset(ray, todo, job: Job, run_id: str):
     n, cpus, threads, gpus = plan_workers(ray, job.workers, job.gpu)
     # Blocks of hundreds of URIs (no per-file read tasks), one block = one batch; small jobs get
     # smaller blocks so that every actor has work and the tail is short (>= 4 blocks per actor).
-    block = max(1, min(job.batch_size, max(32, -(-len(todo) // (4 * n)))))
+    block = block_size(len(todo), job.batch_size, 32, 4 * n)
     tables = [_uri_table(chunk) for chunk in blocks(todo, block)]
     n = min(n, len(tables))
     # from_blocks keeps exactly these blocks and reads their metadata here; from_arrow would run

@@ -422,6 +422,15 @@ def test_worker_plan_never_holds_every_cpu():
     assert n == 1 and cpus <= 1.0
 
 
+def test_blocks_are_the_batch_size_except_in_small_runs():
+    assert label.block_size(200_000, 1024, 256, 16) == 1024
+    assert label.block_size(5_000, 1024, 256, 16) == 313  # 16 blocks: a short head and tail
+    assert label.block_size(1_000, 1024, 256, 16) == 256  # never below the floor ...
+    assert label.block_size(1_000, 100, 256, 16) == 100  # ... nor above the batch size asked for
+    sizes = [len(b) for b in label.blocks([storage.ObjectInfo(f"/x/{i}.jpg", 1, "e") for i in range(700)], 313)]
+    assert sizes == [313, 313, 74]
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_second_run_into_the_same_dest_exits_in_one_line(ray_local, bucket, tmp_path, capsys, where):
     """While a run holds DEST's lease another exits with one clear line and touches nothing; once
