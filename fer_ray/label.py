@@ -41,8 +41,8 @@ TUNING = {
     "batch_here": 256,  # images per forward call when labeling in this process with every core
     "blocks_here": 16,  # ... and at least this many blocks in a run there (blocks of >= batch_here)
     "fetch_threads": 16,  # GETs / local reads in flight per batch
-    # trace + freeze the model for CPU inference: ~25% less CPU per image, but ~2-3 CPU-seconds
-    # to compile in each actor, so only worth it from this many images per actor on
+    # TorchScript for the model on CPU (labeler.cpu_model): 5-25% less CPU per image, but ~1-3
+    # CPU-seconds to compile in each actor or process, so only from this many images each on
     "freeze_min_images": 20_000,
     # Small runs label in this process with the same Labeler: starting Ray and an actor pool
     # costs ~10-15 s on a small machine, more than a few thousand images take. A run goes to Ray
@@ -318,15 +318,17 @@ def label_here(todo, job: Job, run_id: str, loaded):
 
     stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(),
                     gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
-                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=True)
+                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=True,
+                    freeze=len(todo) >= TUNING["freeze_min_images"])
     size = block_size(len(todo), job.batch_size, int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
     with cf.ThreadPoolExecutor(1, thread_name_prefix="model") as model:
         pending = None
         for chunk in blocks(todo, size):
             prepared = stage.prepare(_uri_table(chunk))
-            if pending is not None:
-                yield pending.result()
-            pending = model.submit(stage.finish, prepared)
+            done = pending.result() if pending is not None else None
+            pending = model.submit(stage.finish, prepared)  # before the caller writes `done`: the
+            if done is not None:                             # model never waits on the Parquet writer
+                yield done
         if pending is not None:
             yield pending.result()
 

@@ -137,6 +137,20 @@ def test_tta_labels_with_the_mean_over_ten_views(tmp_path):
     assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, single, atol=1e-4)
 
 
+def test_a_frozen_model_labels_like_the_eager_one(labeler, tmp_path):
+    import torch
+
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"f{i}.jpg"))
+        open(paths[-1], "wb").write(image_bytes(face_like(i), "JPEG"))
+    frozen = labeler_mod.Labeler(labeler.bundle.path, labeler.model_id, "test-run", freeze=True)
+    assert isinstance(frozen.model, torch.jit.ScriptModule) and not isinstance(labeler.model, torch.jit.ScriptModule)
+    want, got = labeler(_batch(paths)), frozen(_batch(paths))
+    for col in PROB_COLUMNS:
+        assert np.allclose(got.column(col).to_numpy(), want.column(col).to_numpy(), atol=1e-5), col
+
+
 def test_every_bad_input_gets_a_row_in_process(labeler, tmp_path):
     cat = _catalogue()
     paths = {}
