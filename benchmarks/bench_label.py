@@ -17,6 +17,8 @@ and each rate as a ratio of min(a, b, source). Job rates: end-to-end after ray.i
 start-up included) and steady-state (from the first finished batch on).
 --memory: runs the job from a local folder of 10k and 50k images and prints peak memory (PSS,
 summed over the driver and all its Ray processes, sampled every 0.2 s).
+--busy K: every figure taken beside K processes that each spin a core (a shared machine); the
+CPU columns leave them out.
 """
 
 from __future__ import annotations
@@ -367,9 +369,19 @@ class MemorySampler:
 def ray_init(args):
     import ray
 
+    from fer_ray import placement
+
+    # the workers' priority as `fer-ray label` starts them (placement.LOCAL_RUNTIME_ENV), unless
+    # --ray-niceness asks for Ray's own default
+    env = placement.LOCAL_RUNTIME_ENV if args.ray_niceness is None else {"env_vars": {"RAY_worker_niceness": str(args.ray_niceness)}}
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-             _temp_dir=os.path.join(args.tmp, "ray"))
+             _temp_dir=os.path.join(args.tmp, "ray"), runtime_env=env)
     return ray
+
+
+def start_busy(k: int) -> list:
+    """k processes that spin a core each at normal priority: another user's work on a shared machine."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
 
 
 def load_avg() -> str:
@@ -475,6 +487,7 @@ def report(res, args):
     ]
     print()
     print(f"N={args.n} images, batch {args.batch_size}, {args.cpus} CPUs, tuning {args.tune or 'default'}, "
+          f"{args.busy} busy processes beside, Ray workers' niceness {args.ray_niceness if args.ray_niceness is not None else 'as fer-ray label'}, "
           f"load now {load_avg()}")
     print(f"{'':46s} {'img/s':>7s} {'x min(a,b,src)':>14s} {'x naive':>8s} {'CPU us/img':>11s}")
     for title, k, floor in rows:
@@ -494,7 +507,8 @@ def report(res, args):
           "first batch. CPU: all processes (driver, Ray), S3 server excluded")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(res, n=args.n, batch_size=args.batch_size, cpus=args.cpus, tune=args.tune, load=os.getloadavg()), f, indent=2)
+            json.dump(dict(res, n=args.n, batch_size=args.batch_size, busy=args.busy, ray_niceness=args.ray_niceness,
+                           cpus=args.cpus, tune=args.tune, load=os.getloadavg()), f, indent=2)
 
 
 def main_memory(args):
@@ -560,13 +574,21 @@ def main():
     ap.add_argument("--tune", action="append", metavar="KEY=VALUE", help="fer_ray.label.TUNING override")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    ap.add_argument("--busy", type=int, default=0, metavar="K",
+                    help="measure everything beside K processes that each spin a core at normal priority")
+    ap.add_argument("--ray-niceness", type=int, default=None, metavar="N",
+                    help="Ray workers' nice value (default: as fer-ray label starts a local Ray; Ray's own is 15)")
     args = ap.parse_args()
     args.tune = parse_tune(args.tune)
     args.faces = [m.strip() for m in args.faces.split(",") if m.strip()]
     args.tmp = tempfile.mkdtemp(prefix="fer-bench-")
+    busy = start_busy(args.busy)
+    EXCLUDE.update(p.pid for p in busy)
     try:
         main_memory(args) if args.memory else main_speed(args)
     finally:
+        for p in busy:
+            p.kill()
         import ray
 
         if ray.is_initialized():

@@ -100,10 +100,7 @@ def _ray_init():
     import ray
 
     if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`, or `auto` for a running cluster) wins; otherwise a
-        # private local Ray, never some other cluster that happens to run on this machine.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True,
-                 include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None)
+        placement.ray_init(ray, log_to_driver=True)
     return ray
 
 

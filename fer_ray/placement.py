@@ -1,6 +1,24 @@
-"""What a Ray cluster can place: the one rule both jobs size their workers by."""
+"""Where fer-ray's Ray work runs: the cluster it joins or starts, and the one rule both jobs size
+their workers by."""
 
 from __future__ import annotations
+
+import os
+
+# Ray starts its workers at nice 15, which keeps a cluster's daemons responsive under load; on
+# this machine's own Ray that left a labeling run's actors ~5 % of the cores beside any other busy
+# process (10x slower than at nice 0: docs/benchmarks.md). At nice 0 they get their fair share,
+# as the command's own process does.
+LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
+def ray_init(ray, **kwargs) -> None:
+    """Join the cluster at RAY_ADDRESS (set by `ray job submit`, or `auto` for a running one), or
+    start a private local Ray, never some other cluster that happens to run on this machine."""
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        ray.init(address="local", include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, **kwargs)
 
 
 def largest_node_cpus(ray, default: float) -> float:

@@ -436,6 +436,18 @@ def test_worker_plan_never_holds_every_cpu():
     assert n == 1 and cpus <= 1.0
 
 
+def test_a_local_ray_runs_its_workers_at_the_runs_own_priority():
+    """Ray's default (nice 15) left a run's actors ~5 % of the cores beside any busy process."""
+    import subprocess
+    import sys
+
+    code = ("import os, ray; from fer_ray import label; label._ray_init(); "
+            "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert f"nice {os.nice(0)}" in out.stdout.splitlines(), out.stderr[-2000:]
+
+
 def test_blocks_are_the_batch_size_except_in_small_runs():
     assert label.block_size(200_000, 1024, 256, 16) == 1024
     assert label.block_size(5_000, 1024, 256, 16) == 313  # 16 blocks: a short head and tail

@@ -44,7 +44,7 @@ def run(args) -> int:
         from .. import serve as fer_serve
     except ImportError as exc:
         raise FerRayError(f"fer-ray serve needs Ray Serve ({exc.name} is missing): pip install 'fer-ray[serve]'") from None
-    from .. import bundle
+    from .. import bundle, placement
 
     if not 1 <= args.port <= 65535 or args.replicas < 1 or args.cpus_per_replica <= 0:
         raise UsageError("--port must be 1-65535, --replicas >= 1 and --cpus-per-replica > 0")
@@ -52,7 +52,7 @@ def run(args) -> int:
     if not ray.is_initialized():
         for key, value in fer_serve.PROXY_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
+        placement.ray_init(ray, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(fer_serve.build_app(args.model, args.faces, args.replicas, args.autoscale, args.cpus_per_replica,
                                   args.gpu), name="fer-ray", route_prefix="/")
