@@ -12,13 +12,21 @@ import os
 LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 
-def ray_init(ray, **kwargs) -> None:
+def ray_init(ray, env: dict | None = None, **kwargs) -> None:
     """Join the cluster at RAY_ADDRESS (set by `ray job submit`, or `auto` for a running one), or
     start a private local Ray, never some other cluster that happens to run on this machine."""
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
-        ray.init(address="local", include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, **kwargs)
+        start_local(ray, env, **kwargs)
+
+
+def start_local(ray, env: dict | None = None, **kwargs) -> None:
+    """A private local Ray, its workers at the caller's priority. `env`: variables its own
+    processes read when they start (set here unless already set)."""
+    for key, value in (env or {}).items():
+        os.environ.setdefault(key, value)
+    ray.init(address="local", include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, **kwargs)
 
 
 def largest_node_cpus(ray, default: float) -> float:

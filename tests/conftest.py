@@ -78,19 +78,12 @@ def ray_local(s3_server, tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
-        from fer_ray.placement import LOCAL_RUNTIME_ENV  # as `fer-ray label` and `serve` start their local Ray
+        from fer_ray import placement
         from fer_ray.serve import PROXY_ENV
 
-        for key, value in PROXY_ENV.items():
-            os.environ.setdefault(key, value)
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
-            log_to_driver=False,
-            runtime_env=LOCAL_RUNTIME_ENV,
-        )
+        # as `fer-ray serve` starts its local Ray (`label` the same, without Serve's settings)
+        placement.start_local(ray, env=PROXY_ENV, num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+                              log_to_driver=False)
     yield ray
     ray.shutdown()
 

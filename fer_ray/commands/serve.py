@@ -33,7 +33,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import os
     import time
 
     import ray
@@ -50,9 +49,7 @@ def run(args) -> int:
         raise UsageError("--port must be 1-65535, --replicas >= 1 and --cpus-per-replica > 0")
     model_id = bundle.load(args.model, gpu=args.gpu).model_id  # a bad --model fails here, in one line
     if not ray.is_initialized():
-        for key, value in fer_serve.PROXY_ENV.items():
-            os.environ.setdefault(key, value)
-        placement.ray_init(ray, log_to_driver=False)
+        placement.ray_init(ray, env=fer_serve.PROXY_ENV, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(fer_serve.build_app(args.model, args.faces, args.replicas, args.autoscale, args.cpus_per_replica,
                                   args.gpu), name="fer-ray", route_prefix="/")
