@@ -40,6 +40,7 @@ TUNING = {
     "forward_chunk": 64,  # images per forward call on CPU in a 1-thread actor (cache-friendly activations)
     "batch_here": 256,  # images per forward call when labeling in this process with every core
     "blocks_here": 16,  # ... and at least this many blocks in a run there (blocks of >= batch_here)
+    "model_threads_here": 2,  # ... and forward passes at once there (at most one per core; on GPU one)
     "fetch_threads": 16,  # GETs / local reads in flight per batch
     # TorchScript for the model on CPU (labeler.cpu_model): 5-25% less CPU per image, but ~1-3
     # CPU-seconds to compile in each actor or process, so only from this many images each on
@@ -304,30 +305,34 @@ def _uri_table(chunk) -> pa.Table:
 
 def label_here(todo, job: Job, run_id: str, loaded):
     """The labeling stage in this process: the Labeler an actor runs, over the same batches, with
-    the bundle the driver already loaded. Two stages overlap: this thread fetches, decodes and
-    frames the next batch while a second one runs the model on the last (torch releases the GIL).
-    The model gets every core: on CPUs without fast int8 units it is the slower stage, and on
-    2 cores the two stages ran 1.4x faster with 2 model threads than with 1, decoding sharing the
-    cores (end to end: benchmarks/bench_startup.py). Yields result tables in order."""
+    the bundle the driver already loaded. The stages overlap: this thread fetches, decodes and
+    frames the next batch while TUNING["model_threads_here"] others run the model on the last ones
+    (torch releases the GIL), the cores split between them. The model is the slower stage on CPUs
+    without fast int8 units, so it gets every core; split, no core waits for another at each
+    layer while decoding takes its turn (2 cores, 20,000 crops: 1.27x faster at steady state than
+    one model thread on both; docs/benchmarks.md).
+    Yields result tables in order."""
     import concurrent.futures as cf
 
     from .evaluate import available_cores
 
-    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=available_cores(),
+    cores = available_cores()
+    k = 1 if job.gpu else max(1, min(int(TUNING["model_threads_here"]), cores))
+    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=max(1, cores // k),
                     gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
-                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=True,
+                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=k,
                     freeze=len(todo) >= TUNING["freeze_min_images"])
     size = block_size(len(todo), job.batch_size, int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
-    with cf.ThreadPoolExecutor(1, thread_name_prefix="model") as model:
-        pending = None
+    with cf.ThreadPoolExecutor(k, thread_name_prefix="model") as model:
+        pending = collections.deque()
         for chunk in blocks(todo, size):
             prepared = stage.prepare(_uri_table(chunk))
-            done = pending.result() if pending is not None else None
-            pending = model.submit(stage.finish, prepared)  # before the caller writes `done`: the
-            if done is not None:                             # model never waits on the Parquet writer
+            done = pending.popleft().result() if len(pending) >= k else None
+            pending.append(model.submit(stage.finish, prepared))  # before the caller writes `done`:
+            if done is not None:                                   # the model never waits on the writer
                 yield done
-        if pending is not None:
-            yield pending.result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def block_size(objects: int, batch_size: int, at_least: int, count: int) -> int:

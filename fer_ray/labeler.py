@@ -28,7 +28,7 @@ class Labeler:
 
     def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
                  fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None, video_fps=DEFAULT_FPS,
-                 overlap=False):
+                 overlap=0):
         """`loaded`: the bundle already in memory (labeling in the driver's process), else loaded here.
         `freeze`: on CPU, run the model as TorchScript, traced, frozen and optimised for inference."""
         import threading
@@ -58,10 +58,10 @@ class Labeler:
         self.chunk = forward_chunk if self.device.type == "cpu" else 1024
         self.fetcher = storage.Fetcher(fetch_threads)
         # Batches in flight in an actor fetch concurrently but compute one at a time. `overlap`
-        # (labeling in the driver's process): one thread decodes the next batch while another
-        # runs the model on this one, each on its own core.
+        # (labeling in the driver's process): up to that many threads run the model on batches
+        # while another decodes the next one.
         self.decoding = threading.RLock()
-        self.modeling = threading.RLock() if overlap else self.decoding
+        self.modeling = threading.BoundedSemaphore(int(overlap)) if overlap else self.decoding
         self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
         if faces == "auto":  # the framer reads the crops: load it while the first batch is fetched
             threading.Thread(target=framer.load, daemon=True).start()

@@ -448,6 +448,23 @@ def test_a_local_ray_runs_its_workers_at_the_runs_own_priority():
     assert f"nice {os.nice(0)}" in out.stdout.splitlines(), out.stderr[-2000:]
 
 
+def test_forward_passes_side_by_side_in_this_process_keep_every_row_in_order(tmp_path, monkeypatch):
+    for name, data in _images(0, 48).items():
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data)
+    monkeypatch.setitem(label.TUNING, "batch_here", 4)  # 12 blocks of 4: several in the model at once
+    out = {}
+    for k in (1, 2):
+        monkeypatch.setitem(label.TUNING, "model_threads_here", k)
+        marker = label.run(str(tmp_path / "in"), str(tmp_path / f"out{k}"), progress=False, faces="crop")
+        assert marker["ray"] is False and marker["objects"] == 48
+        out[k] = _read(str(tmp_path / f"out{k}")).to_pylist()
+    assert [r["image_path"] for r in out[2]] == [r["image_path"] for r in out[1]]
+    assert len({r["image_path"] for r in out[2]}) == 48
+    for a, b in zip(out[1], out[2]):
+        assert a["label"] == b["label"] and all(abs(a[c] - b[c]) < 1e-5 for c in PROB_COLUMNS)
+
+
 def test_blocks_are_the_batch_size_except_in_small_runs():
     assert label.block_size(200_000, 1024, 256, 16) == 1024
     assert label.block_size(5_000, 1024, 256, 16) == 313  # 16 blocks: a short head and tail
