@@ -486,7 +486,7 @@ def report(res, args):
         ("(d) Ray job, local S3, steady state", "d_job_s3_steady", floor_s3),
     ]
     print()
-    print(f"N={args.n} images, batch {args.batch_size}, {args.cpus} CPUs, tuning {args.tune or 'default'}, "
+    print(f"N={args.n} images, batch {args.batch_size or 'as fer-ray label'}, {args.cpus} CPUs, tuning {args.tune or 'default'}, "
           f"{args.busy} busy processes beside, Ray workers' niceness {args.ray_niceness if args.ray_niceness is not None else 'as fer-ray label'}, "
           f"load now {load_avg()}")
     print(f"{'':46s} {'img/s':>7s} {'x min(a,b,src)':>14s} {'x naive':>8s} {'CPU us/img':>11s}")
@@ -559,13 +559,11 @@ def parse_tune(items):
 
 
 def main():
-    from fer_ray.label import BATCH_OBJECTS
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--faces", default="crop,auto",
                     help="labeling modes: the first for every figure, the others for (b) and the local job only")
-    ap.add_argument("--batch-size", type=int, default=BATCH_OBJECTS)
+    ap.add_argument("--batch-size", type=int, default=None, help="objects per block (default: as fer-ray label)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=1, help="job runs per source (best is printed)")

@@ -1,6 +1,6 @@
 """The labeling job: a bucket (or folder, or manifest) of images -> Parquet rows, with Ray Data.
 
-    listing (driver, once) -> Dataset of URI rows in blocks of `batch_size`
+    listing (driver, once) -> Dataset of URI rows in blocks (Job.block_objects)
       -> one fused map_batches stage in an actor pool:
          fetch the batch's bytes concurrently -> decode (per-row errors) -> framing.faces
          -> one forward pass -> softmax -> rows in LABEL_SCHEMA
@@ -28,9 +28,13 @@ from .sources import key, list_source, listing_digest, not_labeled
 from .video import DEFAULT_FPS, is_video
 
 # Objects per Ray Data block, which is one labeling call in an actor (the model runs it in chunks
-# of TUNING["forward_chunk"]): per-block costs (Ray's hand-offs, the driver's Parquet writes) made
-# blocks of 1,024 run ~1.1x faster than blocks of 256 at steady state (docs/benchmarks.md)
-BATCH_OBJECTS = 1024
+# of TUNING["forward_chunk"]), unless --batch-size says: about BLOCK_SECONDS of work by the
+# estimates in TUNING, within BLOCK_OBJECTS. Per-block costs (Ray's hand-offs, the driver's
+# Parquet writes) made blocks of 1,024 crops run ~1.15x faster than 256 at steady state, and
+# 4,096 ~1.07x faster than 1,024 (docs/benchmarks.md). Photos stay at 1,024: there a block is
+# ten seconds of work already, and what Ray redoes when an actor dies.
+BLOCK_OBJECTS = (1024, 4096)
+BLOCK_SECONDS = 2.5
 
 # Knobs measured by benchmarks/bench_label.py (see the README for the figures behind the defaults).
 TUNING = {
@@ -69,7 +73,7 @@ class Job:
     model_id: str
     faces: str = "auto"
     incremental: bool = False
-    batch_size: int = BATCH_OBJECTS
+    batch_size: int | None = None  # objects per block; None: by block_objects()
     workers: int | None = None
     gpu: bool = False
     precision: str = "auto"
@@ -83,7 +87,20 @@ class Job:
             return self.ray
         if self.gpu or self.workers is not None or os.environ.get("RAY_ADDRESS"):
             return True  # asked for actors, or submitted to a cluster
-        return sum(map(self._seconds, todo)) * (10 if self.tta else 1) > TUNING["in_process_seconds"]
+        return self.work_seconds(todo) > TUNING["in_process_seconds"]
+
+    def block_objects(self, todo: list) -> int:
+        """Objects per block: --batch-size, or about BLOCK_SECONDS of estimated work."""
+        if self.batch_size:
+            return self.batch_size
+        each = self.work_seconds(todo) / max(1, len(todo))
+        if not each:  # nothing to label
+            return BLOCK_OBJECTS[0]
+        return min(BLOCK_OBJECTS[1], max(BLOCK_OBJECTS[0], round(BLOCK_SECONDS / each)))
+
+    def work_seconds(self, todo: list) -> float:
+        """Estimated labeling time of these objects in this process."""
+        return sum(map(self._seconds, todo)) * (10 if self.tta else 1)
 
     def _seconds(self, obj) -> float:
         """Estimated labeling time of one listed object in this process."""
@@ -130,7 +147,7 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
     return n, max(0.01, round(min(float(threads), share) * TUNING["cpu_fraction"], 2)), threads, 0.0
 
 
-def run(source, dest, model=None, faces="auto", incremental=False, batch_size=BATCH_OBJECTS, workers=None,
+def run(source, dest, model=None, faces="auto", incremental=False, batch_size=None, workers=None,
         gpu=False, run_id=None, progress=True, echo=None, precision="auto", tta=False,
         lease_seconds: float = 300.0, ray: bool | None = None, video_fps: float = DEFAULT_FPS) -> dict:
     """Label every image and video under SOURCE into DEST; returns the commit marker (the run's
@@ -142,7 +159,7 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=BA
     source, dest = str(source), str(dest)
     if faces not in framing.MODES:
         raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(framing.MODES)})")
-    if batch_size < 1 or (workers is not None and workers < 1):
+    if (batch_size is not None and batch_size < 1) or (workers is not None and workers < 1):
         raise FerRayError("batch size and workers must be >= 1")
     if not 0 < video_fps <= 240:
         raise FerRayError(f"video fps must be in (0, 240], got {video_fps}")
@@ -252,7 +269,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(tally.errors.items())),
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
-        "batch_size": job.batch_size, "fer_ray_version": __version__,
+        "batch_size": job.block_objects(todo), "fer_ray_version": __version__,
     }
     lease.check()
     try:
@@ -322,7 +339,7 @@ def label_here(todo, job: Job, run_id: str, loaded):
                     gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
                     precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=k,
                     freeze=len(todo) >= TUNING["freeze_min_images"])
-    size = block_size(len(todo), job.batch_size, int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
+    size = block_size(len(todo), job.block_objects(todo), int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
     with cf.ThreadPoolExecutor(k, thread_name_prefix="model") as model:
         pending = collections.deque()
         for chunk in blocks(todo, size):
@@ -350,7 +367,7 @@ def blocks(todo: list, size: int) -> list[list]:
 
 
 def build_dataset(ray, todo, job: Job, run_id: str):
-    """The Ray Dataset: URI rows in blocks of `batch_size` -> the fused labeling stage.
+    """The Ray Dataset: URI rows in blocks (Job.block_objects) -> the fused labeling stage.
     Returns (dataset, number of actors)."""
     import warnings
 
@@ -360,7 +377,7 @@ def build_dataset(ray, todo, job: Job, run_id: str):
     n, cpus, threads, gpus = plan_workers(ray, job.workers, job.gpu)
     # Blocks of hundreds of URIs (no per-file read tasks), one block = one batch; small jobs get
     # smaller blocks so that every actor has work and the tail is short (>= 4 blocks per actor).
-    block = block_size(len(todo), job.batch_size, 32, 4 * n)
+    block = block_size(len(todo), job.block_objects(todo), 32, 4 * n)
     tables = [_uri_table(chunk) for chunk in blocks(todo, block)]
     n = min(n, len(tables))
     # from_blocks keeps exactly these blocks and reads their metadata here; from_arrow would run

@@ -3,6 +3,7 @@ exactly once, across crashes, killed actors and incremental re-runs."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -472,6 +473,16 @@ def test_blocks_are_the_batch_size_except_in_small_runs():
     assert label.block_size(1_000, 100, 256, 16) == 100  # ... nor above the batch size asked for
     sizes = [len(b) for b in label.blocks([storage.ObjectInfo(f"/x/{i}.jpg", 1, "e") for i in range(700)], 313)]
     assert sizes == [313, 313, 74]
+    # unless --batch-size says, a block is about the same work: many crops, or fewer photos
+    crops = [storage.ObjectInfo(f"/x/{i}.jpg", 2_000, "e") for i in range(10)]
+    photos = [storage.ObjectInfo(f"/x/{i}.jpg", 3_000_000, "e") for i in range(10)]
+    job = functools.partial(label.Job, "/x", "/y", None, "m", "id")
+    assert job(faces="crop").block_objects(photos) == 4096
+    assert job(faces="auto").block_objects(crops) == 3125
+    assert job(faces="auto").block_objects(photos) == job(faces="detect").block_objects(crops) == 1024
+    assert job(faces="auto", batch_size=100).block_objects(crops) == 100
+    assert job(faces="crop", tta=True).block_objects(crops) == 1024  # ten views each
+    assert job(faces="crop").block_objects([]) == 1024
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -43,8 +43,9 @@ def add_arguments(p) -> None:
                         "with frame_index and timestamp_s (default 2)")
     p.add_argument("--incremental", action="store_true",
                    help="label only objects (key + ETag/size) not in a committed run under DEST")
-    p.add_argument("--batch-size", type=_positive, default=1024, metavar="N",
-                   help="objects per batch, one labeling call in a worker (default 1024)")
+    p.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help="objects per batch, one labeling call in a worker (default: about 2.5 s of work, "
+                        "4096 face crops or 1024 photos)")
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
                    help="labeling actors (default: one per CPU, or one per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="run the model on GPUs (one actor per GPU)")
