@@ -87,11 +87,14 @@ def resnet(widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), dropout: float = 0.2
 
 
 @register("fastnet")
-def fastnet(widths=(24, 48, 96), depth: int = 2, dropout: float = 0.2, num_classes: int = NUM_CLASSES):
+def fastnet(widths=(24, 48, 96), depth: int = 2, dropout: float = 0.2, stem_stride: int = 2,
+            num_classes: int = NUM_CLASSES):
     """Small and quick on CPU: a stride-2 stem (48 -> 24 px), then stages of `depth` dense 3x3
     convs with max-pooling between them, global pooling. Dense convs on purpose: depthwise-separable
-    blocks have fewer FLOPs but trained 2x slower and ran no faster here (oneDNN on 2 cores)."""
-    layers: list[nn.Module] = [_conv_bn(1, widths[0], stride=2)]
+    blocks have fewer FLOPs but trained 2x slower and ran no faster here (oneDNN on 2 cores).
+    `stem_stride=1` keeps the full 48 px in the first stage: ~4x the compute, the same weights'
+    shapes (so a stride-2 model can start its training)."""
+    layers: list[nn.Module] = [_conv_bn(1, widths[0], stride=stem_stride)]
     cin = widths[0]
     for i, w in enumerate(widths):
         if i > 0:

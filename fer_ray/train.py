@@ -113,14 +113,14 @@ def validate(cfg: TrainConfig, saved: dict | None = None) -> None:
     if cfg.gpu and cfg.workers == 0 and not torch.cuda.is_available():
         raise UsageError("--gpu with --workers 0 needs a CUDA device in this process, and there is none")
     if cfg.teacher:
-        meta = _bundle_setting(cfg, "teacher")
+        meta = _bundle_setting(cfg, "teacher").meta
         if (meta["preprocess"]["mean"], meta["preprocess"]["std"]) != (preprocess.MEAN, preprocess.STD):
             raise UsageError("--teacher normalises its input differently from this fer-ray's models")
-    if cfg.init:
-        meta = _bundle_setting(cfg, "init")
-        if (meta["arch"], meta.get("arch_args") or {}) != (cfg.arch, cfg.arch_args):
-            raise UsageError(f"--init {cfg.init} is {meta['arch']} {json.dumps(meta.get('arch_args') or {})}, "
-                             f"the run is {cfg.arch} {json.dumps(cfg.arch_args)}")
+    if cfg.init:  # same arch and tensor shapes: e.g. a stride-2 fastnet may start a stride-1 one
+        init = _bundle_setting(cfg, "init")
+        if init.meta["arch"] != cfg.arch or _shapes(init.model) != _shapes(models.build(cfg.arch, **cfg.arch_args)):
+            raise UsageError(f"--init {cfg.init} is {init.meta['arch']} {json.dumps(init.meta.get('arch_args') or {})}, "
+                             f"whose weights do not fit the run's {cfg.arch} {json.dumps(cfg.arch_args)}")
     if cfg.name is None:
         cfg.name = f"{cfg.arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if saved and (saved.get("arch"), saved.get("arch_args") or {}) != (cfg.arch, cfg.arch_args):
@@ -130,15 +130,20 @@ def validate(cfg: TrainConfig, saved: dict | None = None) -> None:
         )
 
 
-def _bundle_setting(cfg: TrainConfig, key: str) -> dict:
+def _bundle_setting(cfg: TrainConfig, key: str) -> bundle.Bundle:
     """A bundle-valued setting (teacher, init): a shipped name or a local path becomes an absolute
-    path (Ray workers run elsewhere); returns the bundle's metadata, or a one-line error."""
+    path (Ray workers run elsewhere); returns the bundle as trained (fp32, layers unfused), or a
+    one-line error."""
     if not storage.is_s3(getattr(cfg, key)):
         setattr(cfg, key, os.path.abspath(bundle.resolve(getattr(cfg, key))))
     try:
-        return bundle.load(getattr(cfg, key), precision="fp32").meta
+        return bundle.load(getattr(cfg, key), optimize=False, precision="fp32")
     except FerRayError as exc:
         raise UsageError(f"--{key}: {exc}") from None
+
+
+def _shapes(model: torch.nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _has_votes(data_dir: str) -> bool:

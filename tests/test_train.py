@@ -141,8 +141,10 @@ def test_init_starts_from_a_bundles_weights_and_checks_the_arch(prepared, tmp_pa
     convs = [k for k, v in parent_w.items() if v.dim() > 1]
     assert convs and all(torch.allclose(parent_w[k], child_w[k], atol=1e-6) for k in convs)
     assert child["epochs_run"] == 1
-    with pytest.raises(UsageError, match="--init .* is fastnet"):
+    with pytest.raises(UsageError, match="--init .* is fastnet .* whose weights do not fit"):
         tiny(prepared, str(tmp_path), "wrong", workers=0, init=first["bundle"], arch_args={"widths": [8, 8]})
+    # other arch args with the same weights' shapes: a stride-2 model starts a full-resolution one
+    tiny(prepared, str(tmp_path), "sharp", workers=0, init=first["bundle"], arch_args={**TINY_ARGS, "stem_stride": 1})
     with pytest.raises(UsageError, match="--init: not a model bundle"):
         tiny(prepared, str(tmp_path), "missing", workers=0, init=str(tmp_path / "nothing"))
 
