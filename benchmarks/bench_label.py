@@ -523,7 +523,7 @@ def main_memory(args):
         label.TUNING[k] = v
     print(f"{'images':>8s} {'peak PSS, all processes':>24s} {'processes':>9s} {'driver peak RSS':>16s} "
           f"{'img/s':>7s} {'steady img/s':>12s} {'CPU us/img':>10s}")
-    done = []
+    done, rows = [], []
     for n in sizes:
         if n % 10_000:
             raise SystemExit("--memory sizes must be multiples of 10000")
@@ -540,6 +540,11 @@ def main_memory(args):
 
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         done.append((n, m["labeling_seconds"], m["cpu_us_per_image"] * n / 1e6))
+        rows.append({"n": n, "peak_pss_mib": round(mem.peak / 2**20), "processes": mem.peak_procs,
+                     "driver_peak_rss_mib": round(rss / 2**20), "objects_per_second": m["objects_per_second"],
+                     "steady_objects_per_second": m.get("steady_objects_per_second"),
+                     "cpu_us_per_image": round(m["cpu_us_per_image"]), "batch_size": m["batch_size"],
+                     "at_the_peak": mem.breakdown()})
         print(f"{n:8d} {mem.peak / 2**20:20.0f} MiB {mem.peak_procs:9d} {rss / 2**20:12.0f} MiB "
               f"{m['objects_per_second']:7.0f} {m.get('steady_objects_per_second') or 0:12.0f} "
               f"{m['cpu_us_per_image']:10.0f}", flush=True)
@@ -548,6 +553,9 @@ def main_memory(args):
         (n1, t1, c1), (n2, t2, c2) = done[0], done[-1]
         print(f"marginal ({n1}->{n2} images, start-up cancels out): {(n2 - n1) / (t2 - t1):.0f} img/s, "
               f"{(c2 - c1) / (n2 - n1) * 1e6:.0f} CPU us/img; load now {load_avg()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"memory": rows, "tune": args.tune, "cpus": args.cpus, "load": os.getloadavg()}, f, indent=2)
 
 
 def parse_tune(items):
