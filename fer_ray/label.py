@@ -208,6 +208,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         raise FerRayError(str(exc)) from None
     todo = [o for o in todo_all if key(o) not in staged_keys]
     on_ray = bool(todo) and job.uses_ray(todo)
+    per_block = job.block_objects(todo)  # objects; small runs cut theirs smaller (block_size)
     left_out = sum(not_images.values())
     say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {job.source}"
         + (f" ({left_out} other files left out: {_by_ext(not_images)})" if left_out else "") + ", "
@@ -223,10 +224,10 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         if on_ray:
             ray = _ray_init()
             t_label = time.monotonic()
-            ds, actors = build_dataset(ray, todo, job, run_id)
+            ds, actors = build_dataset(ray, todo, job, run_id, per_block)
             tables = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
         else:
-            tables = label_here(todo, job, run_id, checked)
+            tables = label_here(todo, job, run_id, checked, per_block)
         del checked  # an actor pool loads its own; in this process the Labeler holds it
         try:
             with runs.StagingWriter(d, run_id, first_index=runs.next_part_index(parts)) as writer:
@@ -269,7 +270,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         "faces_labeled": counts["labeled"], "error_rows": counts["errors"], "errors": dict(sorted(tally.errors.items())),
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
-        "batch_size": job.block_objects(todo), "fer_ray_version": __version__,
+        "batch_size": per_block, "fer_ray_version": __version__,
     }
     lease.check()
     try:
@@ -320,7 +321,7 @@ def _uri_table(chunk) -> pa.Table:
         schema=INPUT_SCHEMA)
 
 
-def label_here(todo, job: Job, run_id: str, loaded):
+def label_here(todo, job: Job, run_id: str, loaded, per_block: int):
     """The labeling stage in this process: the Labeler an actor runs, over the same batches, with
     the bundle the driver already loaded. The stages overlap: this thread fetches, decodes and
     frames the next batch while TUNING["model_threads_here"] others run the model on the last ones
@@ -339,7 +340,7 @@ def label_here(todo, job: Job, run_id: str, loaded):
                     gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
                     precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=k,
                     freeze=len(todo) >= TUNING["freeze_min_images"])
-    size = block_size(len(todo), job.block_objects(todo), int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
+    size = block_size(len(todo), per_block, int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
     with cf.ThreadPoolExecutor(k, thread_name_prefix="model") as model:
         pending = collections.deque()
         for chunk in blocks(todo, size):
@@ -366,8 +367,8 @@ def blocks(todo: list, size: int) -> list[list]:
     return [images[s : s + size] for s in range(0, len(images), size)] + [[o] for o in todo if is_video(o.uri)]
 
 
-def build_dataset(ray, todo, job: Job, run_id: str):
-    """The Ray Dataset: URI rows in blocks (Job.block_objects) -> the fused labeling stage.
+def build_dataset(ray, todo, job: Job, run_id: str, per_block: int):
+    """The Ray Dataset: URI rows in blocks of at most `per_block` -> the fused labeling stage.
     Returns (dataset, number of actors)."""
     import warnings
 
@@ -377,7 +378,7 @@ def build_dataset(ray, todo, job: Job, run_id: str):
     n, cpus, threads, gpus = plan_workers(ray, job.workers, job.gpu)
     # Blocks of hundreds of URIs (no per-file read tasks), one block = one batch; small jobs get
     # smaller blocks so that every actor has work and the tail is short (>= 4 blocks per actor).
-    block = block_size(len(todo), job.block_objects(todo), 32, 4 * n)
+    block = block_size(len(todo), per_block, 32, 4 * n)
     tables = [_uri_table(chunk) for chunk in blocks(todo, block)]
     n = min(n, len(tables))
     # from_blocks keeps exactly these blocks and reads their metadata here; from_arrow would run
