@@ -8,7 +8,7 @@
 Generates N 48x48 grayscale JPEGs (face-like patterns) into a temp folder and into a local S3
 server (moto, started here as its own process), then prints:
   (a) the model's forward rate alone, on pre-decoded pixels (one process, all cores' threads)
-  (b) decode + preprocess alone (one process: preprocess.decode + framing, as the actors do)
+  (b) decode + preprocess alone (one process: preprocess.decode + faces, as the actors do)
   source rates: local-folder read rate; the S3 server's own GET rate (16 GETs in flight, with the
       job's fetcher; and, for reference, through s3fs's `cat`, which the job does not use)
   (c) a naive single-process loop: fetch a batch (the same fetcher), decode, predict, write Parquet
@@ -173,12 +173,13 @@ def model_rate(blobs, threads: int, args_workers=None, batch: int = 256, seconds
     """(a): forward passes on pre-decoded pixels, chunked (and frozen, for big jobs) as the job does it."""
     import torch
 
-    from fer_ray import bundle, label, labeler, preprocess
+    from fer_ray import label, preprocess
+    from fer_ray.recognizer import Recognizer
 
     torch.set_num_threads(threads)
-    b = bundle.load()
     per_actor = len(blobs) / (args_workers or os.cpu_count())
-    model = labeler.cpu_model(b, per_actor >= label.TUNING["freeze_min_images"])
+    rec = Recognizer(freeze=per_actor >= label.TUNING["freeze_min_images"])
+    b, model = rec.bundle, rec.model
     px = np.stack([preprocess.to_gray48(preprocess.decode(x)) for x in blobs[:batch]])
     chunk = int(label.TUNING["forward_chunk"])
     with torch.inference_mode():
@@ -195,11 +196,11 @@ def model_rate(blobs, threads: int, args_workers=None, batch: int = 256, seconds
 def decode_rate(blobs, faces="crop"):
     """(b): bytes -> upright image -> framing (the job's --faces, a batch of 256 at a time, as the
     job's actors do) -> 48x48 gray pixels, one process."""
-    from fer_ray import framing, preprocess
+    from fer_ray import faces as faces_mod, preprocess
 
     c, t = tree_cpu(), time.perf_counter()
     for s in range(0, len(blobs), 256):
-        framing.faces_many([preprocess.decode(x) for x in blobs[s:s + 256]], faces)
+        faces_mod.faces_many([preprocess.decode(x) for x in blobs[s:s + 256]], faces)
     wall, cpu = time.perf_counter() - t, tree_cpu() - c
     return len(blobs) / wall, cpu / len(blobs) * 1e6
 

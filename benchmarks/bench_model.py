@@ -20,7 +20,8 @@ import time
 import numpy as np
 import torch
 
-from fer_ray import bundle, framer, models, quantize
+from fer_ray import bundle, models, quantize
+from fer_ray.faces import framer
 
 
 def forward_rate(model, x, repeats: int) -> float:

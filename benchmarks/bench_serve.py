@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_serve.py [--clients 1,8,32] [--seconds 15] [--json OUT.json]
 
 Both endpoints answer POST /predict with the same JSON from the same bundle (`fast`, int8) and the
-same image path (framing.from_bytes, inference.predict_probs):
+same image path (the Recognizer):
 
   serve      the Ray Serve application of `fer-ray serve` (1 replica, faces batched across requests)
   unbatched  a plain threaded HTTP server in its own process: one forward pass per request
@@ -40,23 +40,18 @@ UNBATCHED = r"""
 import json, sys, torch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
-from fer_ray import bundle, framing, inference
-from fer_ray.emotions import EMOTIONS
+from fer_ray.recognizer import Recognizer
 torch.set_num_threads(1)
-b = bundle.load("fast")
+rec = Recognizer("fast")
 lock = __import__("threading").Lock()
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
     def do_POST(self):
         data = self.rfile.read(int(self.headers["Content-Length"]))
-        _, _, faces = framing.from_bytes(data, "auto")
-        out = []
-        if faces:
-            with lock:
-                p = inference.predict_probs(b.model, b.inputs(np.stack([f.pixels for f in faces])))
-            out = [{"box": list(map(int, f.box)), "emotion": EMOTIONS[int(q.argmax())]} for f, q in zip(faces, p)]
-        body = json.dumps({"model_id": b.model_id, "images": [{"faces": out}]}).encode()
+        with lock:
+            out = rec.detect_emotions(data)
+        body = json.dumps({"model_id": rec.bundle.model_id, "images": [{"faces": out}]}).encode()
         self.send_response(200); self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
 s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)

@@ -7,7 +7,7 @@ A 640x480, 30 fps MPEG-4 video is written here from matplotlib's public-domain p
 drifts across a plain background; the last fifth has no face). Both sides sample --fps frames per
 second, find faces and run the shipped model on them, one thread each, in the same run:
   ours    fer_ray's Labeler on the video object (video.Clip: grab every frame, decode only the
-          sampled ones; framing.faces "detect" + canonical framing; one forward per chunk)
+          sampled ones; faces "detect" + alignment; one forward per chunk)
   naive   cv2.VideoCapture.read() on every frame, every 15th kept, Haar (default cascade,
           detectMultiScale(gray, 1.1, 5)), crop + resize to 48, the same model per frame
 Medians over --repeats; then the peak resident memory of labeling the video and one 4x as long

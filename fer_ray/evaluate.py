@@ -12,13 +12,13 @@ The metric functions are pure (numpy in, plain dicts out) so they can be checked
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
 import torch
 
 from .emotions import EMOTIONS
+from . import placement
 from .inference import predict_probs
 
 # -log(p) of a probability that underflowed to 0 is capped at -log(EPS) (about 27.6).
@@ -122,13 +122,6 @@ def subset_metrics(probs, labels, mask) -> dict:
 
 
 # --------------------------------------------------------------------------- inference
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- plots
@@ -267,7 +260,7 @@ def plot_samples(pixels, labels, probs, path: str, classes=EMOTIONS, count: int 
 
 def evaluate_split(bundle, split, batch_size: int = 256, tta: bool = False) -> tuple[dict, np.ndarray]:
     """Run `bundle` over a prepared split. Returns (metrics dict, probabilities (N, C))."""
-    torch.set_num_threads(available_cores())
+    torch.set_num_threads(placement.available_cores())
     inputs = bundle.inputs(split.pixels)
     start = time.perf_counter()
     probs = predict_probs(bundle.model, inputs, batch_size=batch_size, tta=tta)

@@ -2,7 +2,7 @@
 
     listing (driver, once) -> Dataset of URI rows in blocks (Job.block_objects)
       -> one fused map_batches stage in an actor pool:
-         fetch the batch's bytes concurrently -> decode (per-row errors) -> framing.faces
+         fetch the batch's bytes concurrently -> decode (per-row errors) -> faces.faces
          -> one forward pass -> softmax -> rows in LABEL_SCHEMA
       -> the driver streams the result blocks into Parquet files in DEST/_staging/<run_id>/
       -> commit: files moved to DEST/run_id=<run_id>/, marker DEST/_runs/<run_id>.json last.
@@ -21,7 +21,7 @@ import time
 
 import pyarrow as pa
 
-from . import __version__, faces as faces_mod, framing, placement, runs, storage
+from . import __version__, faces as faces_mod, placement, runs, storage
 from .errors import FerRayError, one_line
 from .labeler import INPUT_SCHEMA, Labeler
 from .sources import key, list_source, listing_digest, not_labeled
@@ -46,7 +46,7 @@ TUNING = {
     "blocks_here": 16,  # ... and at least this many blocks in a run there (blocks of >= batch_here)
     "model_threads_here": 2,  # ... and forward passes at once there (at most one per core; on GPU one)
     "fetch_threads": 16,  # GETs / local reads in flight per batch
-    # TorchScript for the model on CPU (labeler.cpu_model): 5-25% less CPU per image, but ~1-3
+    # TorchScript for the model on CPU (Recognizer freeze=True): 5-25% less CPU per image, but ~1-3
     # CPU-seconds to compile in each actor or process, so only from this many images each on
     "freeze_min_images": 20_000,
     # Small runs label in this process with the same Labeler: starting Ray and an actor pool
@@ -157,8 +157,8 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=No
     t0 = time.monotonic()
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     source, dest = str(source), str(dest)
-    if faces not in framing.MODES:
-        raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(framing.MODES)})")
+    if faces not in faces_mod.MODES:
+        raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(faces_mod.MODES)})")
     if (batch_size is not None and batch_size < 1) or (workers is not None and workers < 1):
         raise FerRayError("batch size and workers must be >= 1")
     if not 0 < video_fps <= 240:
@@ -310,7 +310,7 @@ def _check_detector(mode: str):
     from PIL import Image
 
     try:
-        faces_mod.detect(Image.new("RGB", (64, 64)))
+        faces_mod.detector.detect(Image.new("RGB", (64, 64)))
     except (NotImplementedError, RuntimeError, ImportError) as exc:  # e.g. faces.DetectorUnavailable
         raise FerRayError(f"--faces {mode} is not available: {exc}") from None
 
@@ -332,7 +332,7 @@ def label_here(todo, job: Job, run_id: str, loaded, per_block: int):
     Yields result tables in order."""
     import concurrent.futures as cf
 
-    from .evaluate import available_cores
+    from .placement import available_cores
 
     cores = available_cores()
     k = 1 if job.gpu else max(1, min(int(TUNING["model_threads_here"]), cores))

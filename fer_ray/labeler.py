@@ -1,5 +1,5 @@
 """The worker side of labeling: one Labeler per Ray actor turns a batch of URI rows into label
-rows (fetch the bytes concurrently -> decode with per-row errors -> framing.faces -> one
+rows (fetch the bytes concurrently -> decode with per-row errors -> Recognizer: faces, then one
 forward pass -> rows in LABEL_SCHEMA). A video goes the same way a sampled frame at a time
 (video.Clip). Nothing raises out of a batch because of one object."""
 
@@ -11,16 +11,15 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from . import framer, framing, storage
-from .inference import predict_probs
+from . import storage
 from .emotions import EMOTIONS
+from .faces import NO_FACE, crop_like, faces, framer
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
 from .video import DEFAULT_FPS, Clip, is_video
 
 INPUT_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
-MAX_OBJECT_BYTES = 64 << 20  # larger objects are not fetched: one error row instead
+MAX_OBJECT_BYTES = storage.MAX_OBJECT_BYTES  # larger objects are not fetched: one error row instead
 FETCH_BYTES = 64 << 20  # at most this many bytes fetched at once per batch in flight
-NO_FACE = "no-face"  # face_source of a sampled video frame where no face was found
 
 
 class Labeler:
@@ -35,34 +34,27 @@ class Labeler:
 
         import torch
 
-        from . import bundle
+        from .recognizer import Recognizer
 
         torch.set_num_threads(max(1, int(threads)))
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:
             pass
-        self.torch = torch
-        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        self.bundle = loaded or bundle.load(model_uri, gpu=gpu, precision=precision)
-        self.bundle.model.to(self.device).eval()
-        self.model = self.bundle.model
-        if self.device.type == "cpu":
-            self.model = cpu_model(self.bundle, freeze)
-        if self.bundle.model_id != model_id:
-            raise RuntimeError(f"model changed under the run: {self.bundle.model_id} != {model_id}")
-        self.model_id, self.run_id, self.faces, self.tta = model_id, run_id, faces, tta
+        gpu = gpu and torch.cuda.is_available()
+        self.rec = Recognizer(model_uri, faces, tta, "cuda" if gpu else "cpu", precision, freeze and not gpu,
+                              forward_chunk if not gpu else 1024, loaded=loaded)
+        if self.rec.bundle.model_id != model_id:
+            raise RuntimeError(f"model changed under the run: {self.rec.bundle.model_id} != {model_id}")
+        self.model_id, self.run_id, self.faces = model_id, run_id, faces
         self.video_fps = float(video_fps)
-        self.size = int(self.bundle.meta["preprocess"].get("input_size", 48))
-        self.classes = self.bundle.classes
-        self.chunk = forward_chunk if self.device.type == "cpu" else 1024
+        self.chunk = self.rec.batch_size
         self.fetcher = storage.Fetcher(fetch_threads)
         # Batches in flight in an actor fetch concurrently but compute one at a time. `overlap`
         # (labeling in the driver's process): up to that many threads run the model on batches
         # while another decodes the next one.
         self.decoding = threading.RLock()
         self.modeling = threading.BoundedSemaphore(int(overlap)) if overlap else self.decoding
-        self.order = [self.classes.index(e) for e in EMOTIONS]  # prob_<emotion> columns whatever the bundle order
         if faces == "auto":  # the framer reads the crops: load it while the first batch is fetched
             threading.Thread(target=framer.load, daemon=True).start()
 
@@ -114,26 +106,13 @@ class Labeler:
             except Exception as exc:  # noqa: BLE001 - any per-object failure is a row, never a crash
                 done[i] = [Row(i, error=f"cannot process image: {type(exc).__name__}")]
                 continue
-            if framing.crop_like(img.width, img.height):
+            if crop_like(img.width, img.height):
                 crops.append((i, img))
             else:
-                done[i] = _rows(i, img, self._find([img])[0])
-        for (i, img), found in zip(crops, self._find([img for _, img in crops]) if crops else []):
+                done[i] = _rows(i, img, self.rec.find([img])[0])
+        for (i, img), found in zip(crops, self.rec.find([img for _, img in crops]) if crops else []):
             done[i] = _rows(i, img, found)
         return [r for i, _ in items for r in done[i]]
-
-    def _find(self, imgs) -> list:
-        """framing.faces_many over crops; where that fails, image by image (the failure is that one's row)."""
-        try:
-            return framing.faces_many(imgs, self.faces, self.size)
-        except Exception:  # noqa: BLE001
-            out = []
-            for img in imgs:
-                try:
-                    out.append(framing.faces(img, self.faces, self.size))
-                except Exception as exc:  # noqa: BLE001
-                    out.append(exc)
-            return out
 
     def _label_video(self, i: int, uri: str):
         """One video object -> (rows, probs): its sampled frames a chunk at a time (memory flat in
@@ -155,7 +134,7 @@ class Labeler:
                 with self.decoding:
                     for f in clip.frames():
                         h, w = f.gray.shape
-                        found = framing.faces(Image.fromarray(f.gray), mode, self.size)
+                        found = faces(Image.fromarray(f.gray), mode, self.rec.size)
                         pending.extend(Row(i, j, c.box, w, h, c.pixels, None, c.source, f.index, f.time_s)
                                        for j, c in enumerate(found))
                         if not found:
@@ -182,9 +161,9 @@ class Labeler:
         good = [k for k, r in enumerate(rows) if r.pixels is not None]
         probs = _nan(len(rows))
         if good:
-            x = self.bundle.inputs(np.stack([rows[k].pixels for k in good]))
-            with self.modeling, self.torch.inference_mode():
-                probs[good] = predict_probs(self.model, x, batch_size=self.chunk, tta=self.tta)[:, self.order]
+            pixels = np.stack([rows[k].pixels for k in good])
+            with self.modeling:
+                probs[good] = self.rec.probabilities(pixels)
         return rows, probs
 
     def _table(self, rows, probs, uris, sizes, etags) -> pa.Table:
@@ -242,7 +221,7 @@ class Row(NamedTuple):
     height: int | None = None
     pixels: np.ndarray | None = None  # the model's input; None for rows without a label
     error: str | None = None
-    source: str | None = None  # framing.SOURCES or NO_FACE
+    source: str | None = None  # faces.SOURCES or NO_FACE
     frame: int | None = None  # video frame index
     time_s: float | None = None
 
@@ -251,37 +230,13 @@ def _rows(i: int, img, found) -> list:
     """One image's rows from what framing found in it (faces, none, or the exception it raised)."""
     if isinstance(found, Exception):
         return [Row(i, error=f"cannot process image: {type(found).__name__}")]
-    if not found:
-        return [Row(i, width=img.width, height=img.height, error="no face detected")]
+    if not found:  # a photo without a face found: a row that says so, no label and no error
+        return [Row(i, width=img.width, height=img.height, source=NO_FACE)]
     return [Row(i, j, face.box, img.width, img.height, face.pixels, None, face.source) for j, face in enumerate(found)]
 
 
 def _nan(n: int) -> np.ndarray:
     return np.full((n, len(EMOTIONS)), np.nan, np.float32)
-
-
-def cpu_model(b, freeze: bool):
-    """The bundle's model as labeling runs it on CPU: eager, or with `freeze` TorchScript's (worth
-    its start-up cost only in long runs). Frozen, an fp32 model takes ~1.3x less CPU per image
-    (fused conv+ReLU, oneDNN layouts), an int8 one ~1.05x; and the whole forward runs without the
-    GIL, where eager each layer waits for it while another thread decodes the next batch."""
-    return frozen(b.model, b.meta["preprocess"].get("input_size", 48)) if freeze else b.model
-
-
-def frozen(model, size: int = 48):
-    """The model traced, frozen and optimised for CPU inference by TorchScript. Falls back to the
-    eager model unless the frozen one gives the same probabilities on a test batch of another
-    size than the one traced."""
-    import torch
-
-    try:
-        x = torch.randn(8, 1, size, size, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            f = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x[:4]).eval()))
-            ok = torch.allclose(torch.softmax(f(x), 1), torch.softmax(model(x), 1), atol=1e-4)
-        return f if ok else model
-    except Exception:  # noqa: BLE001 - any tracing problem: the eager model is always correct
-        return model
 
 
 def _byte_groups(indices: list[int], sizes: list[int], budget: int | None = None) -> list[list[int]]:

@@ -33,3 +33,12 @@ def largest_node_cpus(ray, default: float) -> float:
     """CPUs of the biggest live node: a worker or actor asking for more never gets scheduled and
     the job waits forever, so every per-worker share is capped by this."""
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=default)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which a container may set below the
+    machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

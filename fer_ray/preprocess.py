@@ -33,6 +33,15 @@ class DecodeError(ValueError):
     """The bytes are not an image we can use; the message is a short reason for the output row."""
 
 
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    """The one bound on an image's size, before any pixel is decoded or resized: every entry point
+    (files, uploads, arrays and PIL images given to the Recognizer) passes through it."""
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise DecodeError(f"image too large ({width}x{height})")
+
+
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode image bytes into a PIL image, upright (EXIF applied), first frame only."""
     if not data:
@@ -50,9 +59,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise DecodeError(f"image too large ({width}x{height})")
+            check_size(*img.size, max_pixels)
             img.seek(0)
             img.load()
     except DecodeError:

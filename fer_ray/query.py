@@ -33,7 +33,7 @@ from . import runs as _runs
 from . import storage
 from .emotions import EMOTIONS
 from .errors import FerRayError, UsageError, one_line
-from .schema import LABEL_SCHEMA, error_reason
+from .schema import LABEL_SCHEMA, NO_FACE, error_reason
 
 #: What `labels()` and the `table` format show unless asked for other columns.
 DEFAULT_COLUMNS = ["image_path", "face_index", "label", "confidence", "error", "run_id"]
@@ -502,7 +502,9 @@ def _q(v) -> float | None:
 def summary(dest, examples: int = 3, **filters) -> dict:
     """Counts over the committed rows (after any filters), as plain JSON-ready data:
 
-    rows, images (distinct image_path), labeled (rows with a label), errors, error_share,
+    rows, images (distinct image_path), labeled (rows with a label), no_face (photos in which no
+    face was found: one row each, without a label; sampled video frames without one are not
+    counted), errors, error_share,
     confidence {p10, p50, p90}, emotions [{emotion, count, share, p10, p50, p90}],
     errors_by_reason [{reason, count, examples}], runs [per run: the marker's metadata and the
     same counts, plus `emotions` {emotion: count}]. `pandas.DataFrame(s["emotions"])` etc. give
@@ -513,9 +515,10 @@ def summary(dest, examples: int = 3, **filters) -> dict:
     # 1. rows / images / errors, per run and overall
     t = read_all(execute(out, f"""
         SELECT run_id, GROUPING(run_id) AS g, count(*) AS rows, count(DISTINCT image_path) AS images,
-               count(error) AS errors
+               count(error) AS errors,
+               count(*) FILTER (WHERE face_source = '{NO_FACE}' AND frame_index IS NULL) AS no_face
         FROM {TABLE} GROUP BY GROUPING SETS ((run_id), ())""")).to_pylist()
-    totals = next((r for r in t if r["g"]), {"rows": 0, "images": 0, "errors": 0})
+    totals = next((r for r in t if r["g"]), {"rows": 0, "images": 0, "errors": 0, "no_face": 0})
     per_run = {r["run_id"]: r for r in t if not r["g"]}
 
     # 2. emotions: count and confidence quantiles, per run and overall
@@ -555,7 +558,7 @@ def summary(dest, examples: int = 3, **filters) -> dict:
     runs_out = []
     for m in out.runs:
         rid = m["run_id"]
-        base = per_run.get(rid, {"rows": 0, "images": 0, "errors": 0})
+        base = per_run.get(rid, {"rows": 0, "images": 0, "errors": 0, "no_face": 0})
         rows = [r for r in t if not r["g_run"] and not r["g_label"] and r["run_id"] == rid]
         run_q = next((r["q"] for r in t if not r["g_run"] and r["g_label"] and r["run_id"] == rid), None)
         emo, run_labeled = emotion_rows(rows)
@@ -569,6 +572,7 @@ def summary(dest, examples: int = 3, **filters) -> dict:
             "rows": base["rows"],
             "images": base["images"],
             "labeled": run_labeled,
+            "no_face": base["no_face"],
             "errors": base["errors"],
             "errors_by_reason": {r["reason"]: r["n"] for r in t3 if not r["g"] and r["run_id"] == rid},
             "confidence": quant(run_q),
@@ -582,6 +586,7 @@ def summary(dest, examples: int = 3, **filters) -> dict:
         "rows": rows_total,
         "images": totals["images"],
         "labeled": labeled,
+        "no_face": totals["no_face"],
         "errors": totals["errors"],
         "error_share": round(totals["errors"] / rows_total, 6) if rows_total else 0.0,
         "confidence": quant(overall_q),
@@ -601,7 +606,7 @@ def format_summary(s: dict) -> str:
     n_runs = len(s["runs"])
     lines.append(
         f"runs: {n_runs}   rows: {s['rows']:,}   images: {s['images']:,}   labeled: {s['labeled']:,}   "
-        f"errors: {s['errors']:,} ({s['error_share']:.1%})"
+        f"no face found: {s['no_face']:,}   errors: {s['errors']:,} ({s['error_share']:.1%})"
     )
     c = s["confidence"]
     if c["p50"] is not None:

@@ -465,6 +465,7 @@ def render(s: dict, charts: dict[str, bytes], ex: dict, images: dict, thumbs: in
     c = s["confidence"]
     cards = [
         ("rows", _num(s["rows"])), ("images", _num(s["images"])), ("labeled faces", _num(s["labeled"])),
+        ("photos without a face", _num(s.get("no_face", 0))),
         ("errors", f"{_num(s['errors'])} <small>({s['error_share']:.1%})</small>"), ("runs", _num(len(s["runs"]))),
         ("median confidence", _num(c["p50"], ".3f")),
     ]

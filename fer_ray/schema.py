@@ -26,9 +26,10 @@ LABEL_SCHEMA = pa.schema(
         pa.field("box_y", pa.int32()),
         pa.field("box_w", pa.int32()),
         pa.field("box_h", pa.int32()),
-        # how the model's input was cut: as-framed | detected | whole-image (framing.SOURCES), or
-        # no-face (a video frame without one); null in error rows and in outputs written before
-        # the column existed (so are frame_index and timestamp_s)
+        # how the model's input was cut: as-framed | detected | whole-image (faces.SOURCES), or
+        # NO_FACE (a photo or video frame without a face found: no label, no error); null in
+        # error rows and in outputs written before the column existed (so are frame_index and
+        # timestamp_s)
         pa.field("face_source", pa.string()),
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
@@ -39,6 +40,9 @@ LABEL_SCHEMA = pa.schema(
         pa.field("labeled_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+
+
+NO_FACE = "no-face"
 
 
 def error_reason(error: str) -> str:

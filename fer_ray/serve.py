@@ -5,7 +5,7 @@
     GET  /healthz   -> {"status": "ok", "model_id"}
 
 Each image goes the labeling job's way: decode with its limits (preprocess), faces found and
-framed as FER-2013 frames them (framing.from_bytes), probabilities from inference.predict_probs.
+framed as FER-2013 frames them, probabilities from the model: the Recognizer (recognizer.py).
 Faces from concurrent requests are classified together (`@serve.batch`): one forward pass for
 many small requests. Bad input is a 4xx with a JSON reason, never a 500: a body over
 MAX_REQUEST_BYTES 413, more than MAX_IMAGES images 413, bytes that are no image 400.
@@ -19,10 +19,9 @@ import os
 import numpy as np
 from ray import serve
 
-from . import framing
 from .emotions import EMOTIONS
 from .errors import one_line
-from .preprocess import DecodeError
+from .preprocess import DecodeError, decode
 
 # Ray Serve gives its HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core
 # machine a new proxy process takes longer than that to start, and serve.start fails after
@@ -35,19 +34,17 @@ BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}  # faces per forwa
 
 
 class Predictor:
-    """One replica: the bundle (int8 on CPU when calibrated), torch with one thread per CPU it holds."""
+    """One replica: a Recognizer (int8 on CPU when calibrated), torch with one thread per CPU it holds."""
 
     def __init__(self, model: str = "fast", faces: str = "auto", threads: int = 1, gpu: bool = False):
         import torch
 
-        from . import bundle
+        from .recognizer import Recognizer
 
         torch.set_num_threads(max(1, int(threads)))
-        self.bundle = bundle.load(model, gpu=gpu)
-        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        self.bundle.model.to(self.device).eval()
-        self.faces = faces
-        self.order = [self.bundle.classes.index(e) for e in EMOTIONS]
+        gpu = gpu and torch.cuda.is_available()
+        self.rec = Recognizer(model, faces, device="cuda" if gpu else "cpu")
+        self.bundle = self.rec.bundle  # loaded now: a replica is ready only with its model
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse
@@ -70,7 +67,7 @@ class Predictor:
     async def _one(self, name: str, data: bytes) -> dict:
         out = {"name": name, "width": None, "height": None, "faces": [], "error": None}
         try:
-            out["width"], out["height"], found = await asyncio.to_thread(framing.from_bytes, data, self.faces)
+            out["width"], out["height"], found = await asyncio.to_thread(self._faces, data)
         except DecodeError as exc:
             out["error"] = str(exc) or "cannot decode image"
             return out
@@ -87,13 +84,17 @@ class Predictor:
                                  "probabilities": {e: round(float(v), 4) for e, v in zip(EMOTIONS, p)}})
         return out
 
+    def _faces(self, data: bytes):
+        img = decode(data)
+        found = self.rec.find([img])[0]
+        if isinstance(found, Exception):
+            raise found
+        return img.width, img.height, found
+
     @serve.batch(**BATCH)
     async def classify(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Faces from concurrent requests, one forward pass (called with one face, run with many)."""
-        from .inference import predict_probs
-
-        probs = predict_probs(self.bundle.model, self.bundle.inputs(np.stack(crops)), batch_size=len(crops))
-        return list(probs[:, self.order])
+        return list(self.rec.probabilities(np.stack(crops)))
 
 
 class RequestError(ValueError):

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import framing
+from . import faces
 from .inference import predict_probs
 
 SHIFTS = {
@@ -127,7 +127,7 @@ def run(bundle, split, names=None, seed: int = 0, sample: int | None = None, bat
     rows = []
     for name in names:
         shifted = apply(pixels, name, seed)
-        reframed, sources = framing.frame_crops(shifted)
+        reframed, sources = faces.frame_crops(shifted)
         row = {"shift": name, "model": _accuracy(bundle, shifted, labels, batch_size),
                "framed": _accuracy(bundle, reframed, labels, batch_size), "sources": sources}
         rows.append(row)

@@ -18,6 +18,7 @@ import json
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ import fsspec
 RETRIES = 8  # attempts per S3 request (botocore and pyarrow clients), with exponential backoff
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+# Images larger than this are never read whole (one error row instead). Checked at listing and
+# again while reading: a file may grow after it was listed.
+MAX_OBJECT_BYTES = 64 << 20
 
 
 def is_s3(uri: str) -> bool:
@@ -239,7 +243,34 @@ def fetch_error(exc: BaseException) -> str:
         return "access denied"
     if isinstance(exc, IsADirectoryError):
         return "not a file"
+    if isinstance(exc, (TooLarge, NotAFile)):
+        return str(exc)
     return f"fetch failed: {type(exc).__name__}"
+
+
+class TooLarge(OSError):
+    """An object over the read limit: its error row says so."""
+
+
+class NotAFile(OSError):
+    """A FIFO, device or socket: never read (a FIFO blocks forever, /dev/zero never ends)."""
+
+
+def read_local(path: str, limit: int = MAX_OBJECT_BYTES) -> bytes:
+    """A regular file's bytes, at most `limit` of them (TooLarge beyond that); anything that is not
+    a regular file raises NotAFile without a byte read. O_NONBLOCK: opening a FIFO must not wait
+    for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise NotAFile("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"file too large (over {limit} bytes)")
+    return data
 
 
 class Fetcher:
@@ -266,8 +297,7 @@ class Fetcher:
     @staticmethod
     def _read_local(path: str):
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            return read_local(path)
         except Exception as exc:  # noqa: BLE001 - becomes an error row
             return exc
 
@@ -280,7 +310,11 @@ class Fetcher:
             try:
                 body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
                 if sink is None:
-                    return body.read()
+                    data = body.read(MAX_OBJECT_BYTES + 1)
+                    if len(data) > MAX_OBJECT_BYTES:
+                        body.close()
+                        return TooLarge(f"file too large (over {MAX_OBJECT_BYTES} bytes)")
+                    return data
                 with open(sink, "wb") as f:
                     for chunk in body.iter_chunks(1 << 20):
                         f.write(chunk)

@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import real_face
-from fer_ray import framer, framing, shifts
+from fer_ray.faces import framing
+from fer_ray import shifts
+from fer_ray.faces import framer, framer_train
 
 
 def _face(size: int = 48) -> np.ndarray:
@@ -22,7 +24,7 @@ def _face(size: int = 48) -> np.ndarray:
 def _warped(px: np.ndarray, scale=1.0, angle=0.0, dx=0.0, dy=0.0) -> np.ndarray:
     x = torch.from_numpy(px.astype(np.float32))[None, None]
     t = lambda v: torch.tensor([float(v)])  # noqa: E731
-    out = framer._warp(x, t(scale), t(math.radians(angle)), t(dx), t(dy))
+    out = framer_train._warp(x, t(scale), t(math.radians(angle)), t(dx), t(dy))
     return out[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -90,9 +92,9 @@ def test_auto_leaves_a_tighter_or_moved_crop_as_it_is(shift):
 
 def test_the_framer_box_of_a_canonical_crop_is_fer2013s_face_box():
     x, y, w, h = framing.framer_box(48, 48, 1.0, 0.0, 0.0)
-    assert w == pytest.approx(framing.SIDE * 48)
-    assert x + w / 2 == pytest.approx(framing.CENTRE_X * 48)
-    assert y + h / 2 == pytest.approx(framing.CENTRE_Y * 48)
+    assert (w, h) == pytest.approx((framing.BOX_SIZE[0] * 48, framing.BOX_SIZE[1] * 48))
+    assert x + w / 2 == pytest.approx(framing.BOX_CENTRE[0] * 48)
+    assert y + h / 2 == pytest.approx(framing.BOX_CENTRE[1] * 48)
 
 
 def test_the_int8_framer_reads_as_the_float_one():

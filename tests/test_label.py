@@ -63,7 +63,10 @@ def _check_rows(t: pa.Table, marker=None):
     for r in rows:
         assert r["image_path"] and r["model_id"] and r["run_id"] and r["labeled_at"] is not None
         probs = [r[c] for c in PROB_COLUMNS]
-        if r["error"] is None:
+        if r["face_source"] == "no-face":  # a photo without a face found: no label, no error
+            assert r["error"] is None and r["label"] is None and all(p is None for p in probs)
+            assert r["image_width"] > 0 and r["box_w"] is None
+        elif r["error"] is None:
             assert r["label"] in EMOTIONS and abs(sum(probs) - 1) < 1e-4
             assert r["confidence"] == pytest.approx(max(probs)) and r["label"] == EMOTIONS[int(np.argmax(probs))]
             assert r["image_width"] > 0 and r["box_w"] > 0
@@ -113,8 +116,8 @@ def _catalogue():
 def _check_expectations(rows_by_name, cat):
     for name, (_, expect) in cat.items():
         r = rows_by_name[name]
-        if expect == "":
-            assert r["error"] is None and r["label"] in EMOTIONS, (name, r["error"])
+        if expect == "":  # read: labelled, or a photo where no face was found
+            assert r["error"] is None and (r["label"] in EMOTIONS or r["face_source"] == "no-face"), (name, r["error"])
         elif expect:
             assert r["error"] and r["error"].startswith(expect), (name, r["error"])
 
@@ -145,8 +148,9 @@ def test_a_frozen_model_labels_like_the_eager_one(labeler, tmp_path):
     for i in range(10):
         paths.append(str(tmp_path / f"f{i}.jpg"))
         open(paths[-1], "wb").write(image_bytes(face_like(i), "JPEG"))
-    frozen = labeler_mod.Labeler(labeler.bundle.path, labeler.model_id, "test-run", freeze=True)
-    assert isinstance(frozen.model, torch.jit.ScriptModule) and not isinstance(labeler.model, torch.jit.ScriptModule)
+    frozen = labeler_mod.Labeler(labeler.rec.bundle.path, labeler.model_id, "test-run", freeze=True)
+    assert isinstance(frozen.rec.model, torch.jit.ScriptModule)
+    assert not isinstance(labeler.rec.model, torch.jit.ScriptModule)
     want, got = labeler(_batch(paths)), frozen(_batch(paths))
     for col in PROB_COLUMNS:
         assert np.allclose(got.column(col).to_numpy(), want.column(col).to_numpy(), atol=1e-5), col
@@ -198,7 +202,7 @@ def test_detect_mode_rows_per_face(tmp_path):
     from fer_ray import bundle, faces
 
     crops = [real_face(v, 96) for v in FACE_VARIANTS]
-    found = [c for c in crops if len(faces.detect(c)) == 1][:3]  # crops the detector sees alone
+    found = [c for c in crops if len(faces.detector.detect(c)) == 1][:3]  # crops the detector sees alone
     assert len(found) == 3
     canvas = Image.new("L", (400, 160), 128)
     for i, c in enumerate(found):
@@ -210,20 +214,21 @@ def test_detect_mode_rows_per_face(tmp_path):
     lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r", faces="detect")
     rows = lab(_batch([str(group), str(blank)])).to_pylist()
     g = [r for r in rows if r["image_path"] == str(group)]
-    boxes = faces.detect(Image.open(group))
+    boxes = [f.box for f in faces.faces(Image.open(group), "detect")]
     assert len(g) == len(boxes) >= 2
     assert [r["face_index"] for r in g] == list(range(len(g)))
     assert [(r["box_x"], r["box_y"], r["box_w"], r["box_h"]) for r in g] == [tuple(b) for b in boxes]
     assert all(r["error"] is None and r["label"] in EMOTIONS and r["face_source"] == "detected" for r in g)
     (b,) = [r for r in rows if r["image_path"] == str(blank)]
-    assert b["error"] == "no face detected" and b["box_w"] is None and b["label"] is None
-    assert b["face_source"] is None
+    assert b["error"] is None and b["box_w"] is None and b["label"] is None and b["confidence"] is None
+    assert b["face_source"] == "no-face"
     assert (b["image_width"], b["image_height"]) == (300, 200)
 
 
 def test_auto_mode_never_drops_an_image(tmp_path):
-    """--faces auto (the default): a FER-style crop as it is, a photo's faces re-framed, no face ->
-    the whole image, a tiny face in a big image -> the whole image, a huge image -> an error row."""
+    """--faces auto (the default): a FER-style crop as it is, a photo's faces aligned, a crop without
+    a face found -> the whole crop, a photo without one (or with a face too small to find) -> one
+    no-face row without a label: never a guess on a whole photo."""
     from fer_ray import bundle
 
     crop, photo, blank, tiny = (tmp_path / n for n in ("crop.png", "photo.png", "blank.png", "tiny.png"))
@@ -232,9 +237,9 @@ def test_auto_mode_never_drops_an_image(tmp_path):
     canvas.paste(real_face("plain", 150), (60, 90))
     canvas.paste(real_face("mirror", 160), (380, 200))
     canvas.save(photo)
-    Image.new("L", (300, 200), 128).save(blank)
+    Image.new("L", (200, 180), 128).save(blank)
     small = Image.new("L", (1200, 900), 150)
-    small.paste(real_face("plain", 16), (500, 400))  # a face under 20 px
+    small.paste(real_face("plain", 12), (500, 400))  # a face of 12 px
     small.save(tiny)
     meta = bundle.load().meta
     lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r")
@@ -244,8 +249,9 @@ def test_auto_mode_never_drops_an_image(tmp_path):
     assert [r["face_source"] for r in by[str(crop)]] == ["as-framed"]
     assert [r["face_source"] for r in by[str(photo)]] == ["detected", "detected"]
     assert [r["face_source"] for r in by[str(blank)]] == ["whole-image"]
-    assert [r["face_source"] for r in by[str(tiny)]] == ["whole-image"]
-    assert all(r["error"] is None and r["label"] in EMOTIONS for r in rows)
+    assert [(r["face_source"], r["label"], r["image_width"]) for r in by[str(tiny)]] == [("no-face", None, 1200)]
+    assert all(r["error"] is None for r in rows)
+    assert all(r["label"] in EMOTIONS for u in uris[:3] for r in by[u])
 
 
 # ------------------------------------------------------------------------- CLI errors (no Ray)

@@ -550,3 +550,20 @@ def test_outputs_written_before_face_source_stay_readable(outputs, tmp_path, cap
     assert old_rows["face_source"].isna().all()
     assert query.summary(dest)["rows"] == 2 * len(base)
     assert cli.main(["report", dest, "--out", str(tmp_path / "r.html")]) == 0
+
+
+def test_summary_counts_photos_without_a_face(tmp_path, ray_local):
+    """A photo in which no face is found is one row without a label and without an error: the
+    summary and its text count it apart from labeled faces and errors."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (640, 480), (90, 140, 200)).save(src / "sky.jpg")
+    Image.new("L", (640, 480), 30).save(src / "dark.png")
+    (src / "face.png").write_bytes(image_bytes(face_like(7, 48)))
+    marker = label.run(str(src), str(tmp_path / "out"), progress=False, echo=lambda m: None)
+    s = query.summary(str(tmp_path / "out"))
+    assert (s["rows"], s["labeled"], s["no_face"], s["errors"]) == (3, 1, 2, 0)
+    assert s["runs"][0]["no_face"] == 2 and marker["error_rows"] == 0
+    assert "no face found: 2" in query.format_summary(s)

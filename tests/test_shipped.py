@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from conftest import FACE_VARIANTS, real_face
-from fer_ray import bundle, framing, quantize
+from fer_ray import bundle, quantize
+from fer_ray import faces as framing
 
 SHIPPED = [n for n in bundle.SHIPPED if os.path.isfile(os.path.join(bundle.shipped_dir(n), bundle.META_FILE))]
 
@@ -50,4 +51,7 @@ def test_the_portrait_is_found_and_labelled_neutral(name):
     assert face.source == "detected"
     b = bundle.load(name)
     probs = b.predict_proba(face.pixels[None]).numpy()[0]
-    assert b.classes[int(probs.argmax())] == "neutral" and probs.max() > 0.5
+    # neutral, and by a margin: at least 1.5x the next class (aligned from the landmarks, the
+    # portrait's face is framed tighter than the old box framing made it, and less sure)
+    second, first = np.sort(probs)[-2:]
+    assert b.classes[int(probs.argmax())] == "neutral" and first > 1.5 * second

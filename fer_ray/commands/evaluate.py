@@ -9,7 +9,7 @@ import shutil
 import tempfile
 
 from .. import bundle as bundle_mod
-from .. import data, faces, framing, shifts, storage
+from .. import data, faces, shifts, storage
 from .. import evaluate as ev
 from ..errors import FerRayError, UsageError
 
@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory or s3:// URI (default BUNDLE/eval-SPLIT[-int8][-tta])")
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="B", help="images per forward pass (default 256)")
     p.add_argument("--samples", type=_positive_int, default=40, metavar="K", help="images in the sample grid (default 40)")
-    p.add_argument("--faces", choices=framing.MODES, default="crop",
+    p.add_argument("--faces", choices=faces.MODES, default="crop",
                    help="crop (default): the split's crops as they are; auto/detect: re-frame each crop the "
                         "way labeling does (for crops that come from elsewhere)")
     p.add_argument("--shifts", action="store_true",
@@ -78,7 +78,7 @@ def _shift_suite(args, b, split, local_out: str, checksum: str, now: str) -> tup
     print(f"shift suite on {args.split} ({args.shift_sample or len(split)} images):")
     try:
         result = shifts.run(b, split, sample=args.shift_sample, batch_size=args.batch_size, say=print)
-    except faces.DetectorUnavailable as exc:
+    except faces.detector.DetectorUnavailable as exc:
         raise FerRayError(f"--shifts: {exc}") from None
     result.update(data_checksum=checksum, precision=b.precision, evaluated_at=now)
     with open(os.path.join(local_out, "shifts.json"), "w") as f:
@@ -100,8 +100,8 @@ def run(args) -> int:
            + ("" if args.faces == "crop" else f"-faces-{args.faces}"))
     if args.faces != "crop":
         try:
-            split.pixels, sources = framing.frame_crops(split.pixels, args.faces)
-        except faces.DetectorUnavailable as exc:
+            split.pixels, sources = faces.frame_crops(split.pixels, args.faces)
+        except faces.detector.DetectorUnavailable as exc:
             raise FerRayError(f"--faces {args.faces}: {exc}") from None
         print(f"framing ({args.faces}): " + ", ".join(f"{n} {s}" for s, n in sources.items()))
     shipped = bundle_mod.is_shipped(bundle_mod.resolve(args.model))

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import bundle as bundle_mod
 from .. import evaluate as ev
-from .. import framing, inference, preprocess, storage
+from .. import faces, placement, preprocess, storage
+from ..emotions import EMOTIONS
+from ..recognizer import Recognizer
 from ..errors import FerRayError, UsageError
 from ..video import is_video
 
@@ -24,9 +25,10 @@ def add_arguments(p) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories of images, or s3:// URIs")
     p.add_argument("--model", metavar="BUNDLE", help="fast, accurate (the shipped models), a bundle folder or s3:// URI; default: fast on CPU, accurate with --gpu")
     p.add_argument("--gpu", action="store_true", help="run on the GPU (default model: the accurate one)")
-    p.add_argument("--faces", choices=framing.MODES, default="auto",
-                   help="auto (default): crops framed like FER-2013 as they are, faces found in anything else "
-                        "re-framed, else the whole image; crop: each image is a face crop; detect: found faces only")
+    p.add_argument("--faces", choices=faces.MODES, default="auto",
+                   help="auto (default): face crops framed like FER-2013 as they are, every face found in a photo "
+                        "aligned (a photo without one: no face found); crop: each image is a face crop; "
+                        "detect: found faces only")
     p.add_argument("--show", metavar="OUT.png", help="also write a PNG with each image and its class probabilities")
     p.add_argument("--top", type=int, default=3, metavar="K", help="how many classes to list per image (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
@@ -40,7 +42,7 @@ class Item:
     image: object = None  # PIL image, upright
     boxes: list = field(default_factory=list)
     crops: list = field(default_factory=list)  # uint8 48x48, one per box
-    sources: list = field(default_factory=list)  # framing.SOURCES, one per box
+    sources: list = field(default_factory=list)  # faces.SOURCES, one per box
     probs: list = field(default_factory=list)  # np arrays (C,), one per box
     error: str | None = None
 
@@ -60,7 +62,7 @@ def expand(uris: list[str]) -> list[str]:
     return out
 
 
-def load_item(uri: str, data, mode: str) -> Item:
+def load_item(uri: str, data, rec: Recognizer) -> Item:
     """`data`: the bytes storage.Fetcher got, or its exception."""
     item = Item(uri)
     try:
@@ -69,12 +71,14 @@ def load_item(uri: str, data, mode: str) -> Item:
         if is_video(uri):
             raise preprocess.DecodeError("a video: `fer-ray label` labels its frames")
         item.image = preprocess.decode(data)
-        found = framing.faces(item.image, mode)
+        found = rec.find([item.image])[0]
+        if isinstance(found, Exception):
+            raise found
     except preprocess.DecodeError as exc:
         item.error = str(exc)
         return item
     except (NotImplementedError, RuntimeError) as exc:  # e.g. faces.DetectorUnavailable
-        raise FerRayError(f"--faces {mode}: {exc}") from None
+        raise FerRayError(f"--faces {rec.faces}: {exc}") from None
     item.boxes = [f.box for f in found]
     item.crops = [f.pixels for f in found]
     item.sources = [f.source for f in found]
@@ -144,17 +148,16 @@ def run(args) -> int:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     if args.show and not args.show.lower().endswith(".png"):
         raise UsageError(f"--show writes a PNG: give a path ending in .png, got {args.show!r}")
-    b = bundle_mod.load(args.model, gpu=args.gpu)
-    classes = b.classes
-    torch.set_num_threads(ev.available_cores())
-    device = _device(args.gpu)
-    model = b.model.to(device)
+    torch.set_num_threads(placement.available_cores())
+    rec = Recognizer(args.model, args.faces, device=_device(args.gpu).type)
+    rec.bundle  # a bad --model fails here, before any image is read
+    classes = list(EMOTIONS)
 
     uris = expand(args.images)
-    items = [load_item(uri, data, args.faces) for uri, data in zip(uris, storage.Fetcher(8).fetch(uris))]
+    items = [load_item(uri, data, rec) for uri, data in zip(uris, storage.Fetcher(8).fetch(uris))]
     crops = [c for item in items for c in item.crops]
     if crops:
-        probs = inference.predict_probs(model, b.inputs(np.stack(crops)), batch_size=256)
+        probs = rec.probabilities(np.stack(crops))
         at = 0
         for item in items:
             item.probs = list(probs[at : at + len(item.crops)])

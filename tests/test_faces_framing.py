@@ -1,4 +1,4 @@
-"""framing: canonical crops from face boxes, and the auto/crop/detect modes every consumer uses.
+"""faces: canonical crops from landmarks (align), and the auto/crop/detect modes every consumer uses.
 
 Faces are Grace Hopper's public-domain portrait (conftest.real_face, a crop framed the way
 FER-2013 frames faces) pasted, zoomed or moved; nothing here is FER-2013."""
@@ -10,28 +10,49 @@ import pytest
 from PIL import Image
 
 from conftest import real_face
-from fer_ray import framing
+from fer_ray import faces as framing
+from fer_ray.faces import align, detector
 
 
-def test_frame_box_puts_the_box_where_fer2013_has_it():
-    x0, y0, side = framing.frame_box((100, 50, 96, 96))
-    assert side == pytest.approx(96 / framing.SIDE)
-    assert x0 + framing.CENTRE_X * side == pytest.approx(148)  # box centre x
-    assert y0 + framing.CENTRE_Y * side == pytest.approx(98)
+def test_align_puts_the_landmarks_where_fer2013_has_them():
+    # a face 2x FER-2013's size, turned by 20 degrees and moved: its landmarks are the template's
+    angle = np.radians(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = (align.TEMPLATE * 96) @ rot.T + (300, 120)
+    m = align.transform(landmarks, 48)
+    back = landmarks @ m[:, :2].T + m[:, 2]
+    assert np.abs(back - align.TEMPLATE * 48).max() < 1e-6
+    assert np.hypot(m[0, 0], m[1, 0]) == pytest.approx(0.5)
 
 
-def test_frame_pads_with_the_border_past_the_image_edge():
-    gray = np.full((60, 60), 50, np.uint8)
-    gray[:, 30:] = 200
-    out = framing.frame(gray, (-20, 10, 40, 40))  # reaches 20 px past the left edge
-    assert out.shape == (48, 48) and out.dtype == np.uint8
-    assert out[:, :5].min() == 50  # the left border repeated, never black
-    assert out.min() > 0
+def test_align_levels_a_tilted_face():
+    photo = Image.new("L", (400, 300), 150)
+    photo.paste(real_face("plain", 140), (130, 80))
+    (upright,) = detector.detect(photo)
+    tilted = photo.rotate(20, resample=Image.BILINEAR, fillcolor=150)
+    (d,) = detector.detect(tilted)
+    eyes = lambda lm: np.degrees(np.arctan2(lm[1, 1] - lm[0, 1], lm[1, 0] - lm[0, 0]))  # noqa: E731
+    assert abs(eyes(d.landmarks) - eyes(upright.landmarks)) > 12  # the detector sees the tilt
+    straight = align.align(np.asarray(tilted), d.landmarks)
+    (again,) = detector.detect(Image.fromarray(straight))
+    assert abs(eyes(again.landmarks) - eyes(align.TEMPLATE)) < 5  # ... and alignment takes it out
 
 
-def test_frame_rejects_a_box_wholly_outside():
+def test_align_pads_with_the_border_and_shrinks_large_faces_without_aliasing():
+    stripes = np.zeros((800, 800), np.uint8)
+    stripes[:, ::2] = 255  # finest stripes: sampled without area averaging they alias to black or white
+    landmarks = align.TEMPLATE * 700 + 50
+    out = align.align(stripes, landmarks)
+    assert out.shape == (48, 48) and abs(float(out.mean()) - 127.5) < 10 and out.std() < 20
+    edge = np.full((60, 60), 50, np.uint8)
+    edge[:, 30:] = 200
+    out = align.align(edge, align.TEMPLATE * 40 - (20, 0))  # reaches 20 px past the left edge
+    assert out[:, :5].min() == 50 and out.min() > 0  # the border repeated, never black
+
+
+def test_degenerate_landmarks_are_a_value_error():
     with pytest.raises(ValueError):
-        framing.frame(np.zeros((40, 40), np.uint8), (100, 100, 20, 20))
+        align.transform(np.zeros((5, 2)), 48)
 
 
 def test_crop_mode_is_the_whole_image():
@@ -73,11 +94,13 @@ def test_a_loosely_framed_crop_is_reframed():
     assert corr(face.pixels) > 0.45 > 0.2 > corr(img.resize((48, 48)))
 
 
-def test_no_face_means_the_whole_image_in_auto_and_nothing_in_detect():
-    img = Image.new("L", (200, 150), 128)
-    (face,) = framing.faces(img, "auto")
-    assert face.source == "whole-image" and face.box == (0, 0, 200, 150)
-    assert framing.faces(img, "detect") == []
+def test_a_crop_without_a_face_goes_in_whole_a_photo_has_no_face():
+    crop = Image.new("L", (200, 180), 128)
+    (face,) = framing.faces(crop, "auto")
+    assert face.source == "whole-image" and face.box == (0, 0, 200, 180)
+    assert framing.faces(crop, "detect") == []
+    photo = Image.new("RGB", (640, 480), (90, 140, 200))  # a photo: never labelled whole
+    assert framing.faces(photo, "auto") == [] and framing.faces(photo, "detect") == []
 
 
 def test_several_faces_each_get_a_row_and_boxes_are_clipped():
@@ -86,7 +109,7 @@ def test_several_faces_each_get_a_row_and_boxes_are_clipped():
     canvas.paste(real_face("mirror", 150), (420, 40))
     canvas.paste(real_face("dark", 130), (-40, 200))  # cut by the left and bottom border
     found = framing.faces(canvas, "auto")
-    assert len(found) >= 2 and all(f.source == "detected" for f in found)
+    assert len(found) == 3 and all(f.source == "detected" and 0.6 <= f.score <= 1 for f in found)
     for f in found:
         x, y, w, h = f.box
         assert x >= 0 and y >= 0 and x + w <= 600 and y + h <= 300
