@@ -7,11 +7,11 @@ Importing fer_ray is cheap: torch, OpenCV and Ray load on first use.
 """
 
 __version__ = "0.1.0"
-__all__ = ["Recognizer", "ImageError", "__version__"]
+__all__ = ["Recognizer", "EmotionLabeler", "ImageError", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("Recognizer", "ImageError"):
+    if name in ("Recognizer", "EmotionLabeler", "ImageError"):
         from . import recognizer
 
         return getattr(recognizer, name)

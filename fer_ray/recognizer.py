@@ -223,3 +223,78 @@ def frozen(model, size: int = 48):
         return f if ok else model
     except Exception:  # noqa: BLE001 - any tracing problem: the eager model is always correct
         return model
+
+
+class EmotionLabeler:
+    """The Recognizer as a Ray Data stage, for pipelines of your own:
+
+        ds = ray.data.read_images("s3://bucket/photos/", include_paths=True)   # or read_binary_files
+        labels = ds.map_batches(EmotionLabeler, fn_constructor_kwargs={"model": "fast"},
+                                compute=ray.data.ActorPoolStrategy(size=2), batch_size=64)
+
+    Each batch's `image` column (arrays, RGB as read_images gives them; `channels="BGR"` for
+    arrays from OpenCV) or `bytes` column (encoded images) becomes rows with the labeling job's
+    columns: one per face, one `no-face` row for a photo without a face, one error row for a
+    picture that cannot be read (never a failed batch). `path` is kept as `image_path`."""
+
+    COLUMNS = ("image_path", "face_index", "label", "confidence", "prob_angry", "prob_disgust", "prob_fear",
+               "prob_happy", "prob_sad", "prob_surprise", "prob_neutral", "error", "box_x", "box_y", "box_w",
+               "box_h", "face_source", "image_width", "image_height", "model_id")
+
+    def __init__(self, model: str = "fast", faces: str = "auto", tta: bool = False, precision: str = "auto",
+                 threads: int = 1, channels: str = "RGB"):
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.rec = Recognizer(model, faces, tta, precision=precision)
+        self.channels = channels
+
+    def __call__(self, batch) -> "pyarrow.Table":  # noqa: F821
+        from .schema import NO_FACE
+
+        column = next((c for c in ("image", "bytes") if c in batch), None)
+        if column is None:
+            raise ValueError(f"EmotionLabeler needs an 'image' or 'bytes' column, got {sorted(batch)}")
+        items, paths = list(batch[column]), batch.get("path")
+        names = [str(paths[k]) if paths is not None else None for k in range(len(items))]
+        imgs, errors = {}, {}
+        for k, x in enumerate(items):
+            try:
+                imgs[k] = to_image(x if column == "image" else bytes(x), self.channels, name=names[k] or f"row {k}")
+            except ImageError as exc:
+                errors[k] = str(exc).split(": ", 1)[-1]
+        found = dict(zip(imgs, self.rec.find(list(imgs.values()))))
+        rows = []  # (item, face index, face or None, error, width, height)
+        for k in range(len(items)):
+            img, f = imgs.get(k), found.get(k)
+            size = (img.width, img.height) if img is not None else (None, None)
+            if k in errors or isinstance(f, Exception):
+                rows.append((k, 0, None, errors.get(k) or f"cannot process image: {type(f).__name__}", *size))
+            elif not f:
+                rows.append((k, 0, NO_FACE, None, *size))
+            else:
+                rows.extend((k, j, face, None, *size) for j, face in enumerate(f))
+        faced = [r[2] for r in rows if r[2] is not None and r[2] != NO_FACE]
+        probs = iter(self.rec.probabilities(np.stack([face.pixels for face in faced])) if faced else [])
+        return self._table(rows, probs, names)
+
+    def _table(self, rows, probs, names):
+        import pyarrow as pa
+
+        from .schema import LABEL_SCHEMA, NO_FACE
+
+        cols = {c: [] for c in self.COLUMNS}
+        for k, j, face, error, width, height in rows:
+            p = next(probs) if face is not None and face != NO_FACE else None
+            a = answer(face, p) if p is not None else None
+            box = a["box"] if a else [None] * 4
+            values = {"image_path": names[k], "face_index": j, "label": a and a["label"],
+                      "confidence": a and a["confidence"], "error": error, "box_x": box[0], "box_y": box[1],
+                      "box_w": box[2], "box_h": box[3], "image_width": width, "image_height": height,
+                      "face_source": a["face_source"] if a else (NO_FACE if face == NO_FACE else None),
+                      "model_id": self.rec.bundle.model_id,
+                      **{f"prob_{e}": (float(p[i]) if p is not None else None) for i, e in enumerate(EMOTIONS)}}
+            for c in self.COLUMNS:
+                cols[c].append(values[c])
+        schema = pa.schema([LABEL_SCHEMA.field(c) for c in self.COLUMNS])
+        return pa.Table.from_pydict(cols, schema=schema)
