@@ -14,6 +14,7 @@ import pyarrow as pa
 from . import storage
 from .emotions import EMOTIONS
 from .faces import NO_FACE, crop_like, faces, framer
+from .preprocess import full_size
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
 from .video import DEFAULT_FPS, Clip, is_video
 
@@ -91,7 +92,7 @@ class Labeler:
         """[(object index, bytes or exception)] -> rows, with the model's input in `pixels`.
         Crop-sized images are framed together (one framer batch); photos one at a time, so that
         a batch of large photos is never held decoded at once."""
-        from .preprocess import DecodeError, decode
+        from .preprocess import PHOTO_SIDE, DecodeError, decode
 
         done, crops = {}, []
         for i, data in items:
@@ -99,7 +100,7 @@ class Labeler:
                 done[i] = [Row(i, error=storage.fetch_error(data))]
                 continue
             try:
-                img = decode(data)
+                img = decode(data, reduce_to=PHOTO_SIDE)
             except DecodeError as exc:
                 done[i] = [Row(i, error=str(exc) or "cannot decode image")]
                 continue
@@ -230,9 +231,10 @@ def _rows(i: int, img, found) -> list:
     """One image's rows from what framing found in it (faces, none, or the exception it raised)."""
     if isinstance(found, Exception):
         return [Row(i, error=f"cannot process image: {type(found).__name__}")]
+    width, height = full_size(img)
     if not found:  # a photo without a face found: a row that says so, no label and no error
-        return [Row(i, width=img.width, height=img.height, source=NO_FACE)]
-    return [Row(i, j, face.box, img.width, img.height, face.pixels, None, face.source) for j, face in enumerate(found)]
+        return [Row(i, width=width, height=height, source=NO_FACE)]
+    return [Row(i, j, face.box, width, height, face.pixels, None, face.source) for j, face in enumerate(found)]
 
 
 def _nan(n: int) -> np.ndarray:

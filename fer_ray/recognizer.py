@@ -167,13 +167,12 @@ def to_image(image, channels: str = "BGR", name: str = "image"):
     try:
         if isinstance(image, (str, os.PathLike)):
             path = os.fspath(image)
-            if storage.is_s3(path):
-                return preprocess.decode(storage.read_bytes(path))
-            return preprocess.decode(storage.read_local(path))
+            data = storage.read_bytes(path) if storage.is_s3(path) else storage.read_local(path)
+            return preprocess.decode(data, reduce_to=preprocess.PHOTO_SIDE)
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return preprocess.decode(bytes(image))
+            return preprocess.decode(bytes(image), reduce_to=preprocess.PHOTO_SIDE)
         if isinstance(image, io.IOBase):
-            return preprocess.decode(image.read(storage.MAX_OBJECT_BYTES + 1))
+            return preprocess.decode(image.read(storage.MAX_OBJECT_BYTES + 1), reduce_to=preprocess.PHOTO_SIDE)
         if isinstance(image, Image.Image):
             preprocess.check_size(*image.size)
             return image

@@ -21,7 +21,7 @@ from ray import serve
 
 from .emotions import EMOTIONS
 from .errors import one_line
-from .preprocess import DecodeError, decode
+from .preprocess import PHOTO_SIDE, DecodeError, decode, full_size
 
 # Ray Serve gives its HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core
 # machine a new proxy process takes longer than that to start, and serve.start fails after
@@ -85,11 +85,11 @@ class Predictor:
         return out
 
     def _faces(self, data: bytes):
-        img = decode(data)
+        img = decode(data, reduce_to=PHOTO_SIDE)
         found = self.rec.find([img])[0]
         if isinstance(found, Exception):
             raise found
-        return img.width, img.height, found
+        return (*full_size(img), found)
 
     @serve.batch(**BATCH)
     async def classify(self, crops: list[np.ndarray]) -> list[np.ndarray]:

@@ -204,3 +204,31 @@ def test_a_png_with_bytes_after_its_end_is_left_to_pillow():
     data = BY_NAME["one_pixel.png"][0]
     assert preprocess._decode_plain(data, preprocess.MAX_PIXELS) is not None
     assert preprocess._decode_plain(data + b"\0", preprocess.MAX_PIXELS) is None
+
+
+def test_a_large_jpeg_decodes_reduced_and_remembers_its_size():
+    """JPEG's DCT scaling: a 4000x3000 photo decodes at 2000x1500 when faces are all it is for."""
+    import io
+
+    from fer_ray.faces import faces
+    from fer_ray.preprocess import PHOTO_SIDE, decode, full_size
+
+    from conftest import real_face
+
+    photo = Image.new("RGB", (4000, 3000), (150, 160, 170))
+    photo.paste(real_face("plain", 600).convert("RGB"), (2500, 900))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    full, small = decode(buf.getvalue()), decode(buf.getvalue(), reduce_to=PHOTO_SIDE)
+    assert full.size == full_size(full) == (4000, 3000)
+    assert small.size == (2000, 1500) and full_size(small) == (4000, 3000)
+    (a,), (b,) = faces(full, "detect"), faces(small, "detect")
+    assert np.abs(np.subtract(a.box, b.box)).max() <= 12  # in pixels of the file, either way
+    assert decode(buf.getvalue(), reduce_to=2001).size == (4000, 3000)  # never below reduce_to
+    # through Pillow (EXIF orientation 6: turned a quarter), the size is the upright file's
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    photo.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    turned = decode(buf.getvalue(), reduce_to=PHOTO_SIDE)
+    assert turned.size == (2000, 1500) and full_size(turned) == (4000, 3000)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..preprocess import INPUT_SIZE, to_gray
+from ..preprocess import INPUT_SIZE, full_size, to_gray
 from . import align, detector, framer
 from .detector import crop_like
 
@@ -84,7 +84,18 @@ def faces_many(imgs: list, mode: str = "auto", size: int = INPUT_SIZE) -> list[l
         raise ValueError(f"unknown faces mode {mode!r} (choose from {', '.join(MODES)})")
     grays = [to_gray(img) for img in imgs]
     hints = _framings(grays) if mode == "auto" else {}
-    return [_faces(img, g, mode, size, hints.get(k)) for k, (img, g) in enumerate(zip(imgs, grays))]
+    return [_in_full_size(_faces(img, g, mode, size, hints.get(k)), img) for k, (img, g) in enumerate(zip(imgs, grays))]
+
+
+def _in_full_size(found: list[Face], img: Image.Image) -> list[Face]:
+    """Boxes in pixels of the file, where decode reduced a large JPEG (preprocess.full_size)."""
+    width, height = full_size(img)
+    if (width, height) != img.size:
+        kx, ky = width / img.width, height / img.height
+        for f in found:
+            x, y, w, h = f.box
+            f.box = _clip((x * kx, y * ky, w * kx, h * ky), width, height)
+    return found
 
 
 def _framings(grays: list) -> dict:
