@@ -86,6 +86,7 @@ def save(
 
     `calibrate_on`: uint8 (N,48,48) training images; when given (and this torch has the int8
     engine) the int8 calibration is computed from the model in memory and written with it."""
+    ensure_writable(directory)
     os.makedirs(directory, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -120,6 +121,7 @@ def save(
 
 
 def write_meta(directory: str, meta: dict) -> None:
+    ensure_writable(directory)
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
 
@@ -233,6 +235,7 @@ def members_of(directory: str) -> list[str]:
 def save_ensemble(directory: str, member_dirs: list[str], metrics: dict | None = None) -> dict:
     """Write an ensemble bundle: each member bundle copied to <directory>/m<k>, a bundle.json that
     records the members (model id, arch, args, metrics) and a model_id hashed from theirs."""
+    ensure_writable(directory)
     if len(member_dirs) < 2:
         raise BundleError("an ensemble needs at least 2 member bundles")
     metas = [read_meta(resolve(m)) for m in member_dirs]
@@ -277,6 +280,7 @@ def save_ensemble(directory: str, member_dirs: list[str], metrics: dict | None =
 def calibrate(directory: str, pixels, samples: int = 2048, seed: int = 0, source: str = "") -> dict:
     """Calibrate a local bundle (each member of an ensemble) for int8 on `samples` random rows of
     uint8 (N,48,48) `pixels` (training images, never the test splits). Returns its metadata."""
+    ensure_writable(directory)
     for d in members_of(directory):
         b = load(d, precision="fp32", optimize=False)
         meta = read_meta(d)
@@ -312,6 +316,7 @@ def _write_int8(directory: str, model: torch.nn.Module, pixels, samples: int = 2
     """Observe `model` (fp32, this bundle's preprocessing) on `samples` random rows of `pixels`;
     writes the observers beside the weights and returns the bundle's "int8" entry. The model_id
     (a hash of the fp32 weights) does not change."""
+    ensure_writable(directory)
     n = min(int(samples), len(pixels))
     if n == 0:
         raise ValueError("no images to calibrate on")
@@ -345,6 +350,14 @@ def is_shipped(uri: str) -> bool:
         return False
     root = os.path.realpath(str(resources.files("fer_ray") / "bundles"))
     return os.path.realpath(uri).startswith(root + os.sep)
+
+
+def ensure_writable(uri: str) -> None:
+    """Refuse to write into the bundles inside the installed package: every function here that
+    writes a bundle's files calls this first, so no entry point (a command, a Python call) can."""
+    root = os.path.realpath(str(resources.files("fer_ray") / "bundles"))
+    if not storage.is_s3(uri) and (is_shipped(uri) or os.path.realpath(uri) == root):
+        raise BundleError(f"{uri} is inside fer-ray's shipped bundles, which are read-only: write elsewhere")
 
 
 def default_path(gpu: bool = False) -> str:

@@ -178,7 +178,12 @@ def run(source, dest, model=None, faces="auto", incremental=False, batch_size=No
     job = Job(source, dest, model, model_uri, checked.model_id, faces, incremental, batch_size, workers, gpu,
               precision, tta, progress, ray, float(video_fps))
 
-    d = runs.Dest(dest)
+    with runs.terminate_as_interrupt():
+        return _run_with_lease(job, runs.Dest(dest), lease_seconds, run_id, say, t0, checked)
+
+
+def _run_with_lease(job: Job, d, lease_seconds: float, run_id, say, t0, checked) -> dict:
+    dest = job.dest
     lease = runs.Lease(d, lease_seconds, run=run_id or "")
     try:
         lease.acquire()  # one run at a time per DEST: two would both label what is new

@@ -69,7 +69,7 @@ class Filters:
         path_glob: str | None = None,
         errors_only: bool = False,
     ) -> "Filters":
-        emotions = _names(emotion)
+        emotions = _flag_names(emotion, "--emotion", f"choose from {', '.join(EMOTIONS)}")
         if emotions is not None:
             bad = [e for e in emotions if e not in EMOTIONS]
             if bad:
@@ -82,13 +82,13 @@ class Filters:
         if errors_only and (emotions or min_confidence is not None or max_confidence is not None):
             raise UsageError("--errors-only cannot be combined with --emotion or a confidence range "
                              "(error rows have no label or confidence)")
-        if path_glob is not None and not path_glob:
-            raise UsageError("--path-glob is empty")
+        if path_glob is not None:
+            glob_to_regex(path_glob)  # a bad pattern is refused here, before any I/O
         return cls(
             emotions=emotions,
             min_confidence=None if min_confidence is None else float(min_confidence),
             max_confidence=None if max_confidence is None else float(max_confidence),
-            runs=_names(run),
+            runs=_flag_names(run, "--run", "give a committed run id or 'latest'"),
             path_glob=path_glob,
             errors_only=bool(errors_only),
         )
@@ -130,38 +130,58 @@ def _names(value) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(out)) or None
 
 
-def glob_to_regex(pattern: str) -> str:
-    """Shell-style glob over the whole image_path -> an RE2 regex.
+def _flag_names(value, flag: str, hint: str) -> tuple[str, ...] | None:
+    """`_names` of a filter flag; UsageError when it is given but names nothing, because
+    `--emotion ""` would otherwise silently mean no filter at all."""
+    names = _names(value)
+    if value is not None and not names:
+        raise UsageError(f"{flag} is empty: {hint}")
+    return names
 
-    `*` matches any run of characters (including '/'), `?` one character, `[abc]`/`[!abc]` a set."""
-    out, i, n = ["^"], 0, len(pattern)
-    while i < n:
+
+def glob_to_regex(pattern: str) -> str:
+    """Shell-style glob over the whole image_path -> an RE2 regex; UsageError for a pattern
+    that is empty, has an unclosed '[' or that RE2 refuses (a reversed range such as [z-a]).
+
+    `*` matches any run of characters (including '/'), `?` one character, `[abc]`/`[!abc]`/`[a-z]`
+    a set (`[[]` is a literal '[')."""
+    if not pattern:
+        raise UsageError("--path-glob is empty")
+    out, i = ["^"], 0
+    while i < len(pattern):
         c = pattern[i]
         i += 1
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            j = i
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i:j].replace("\\", "\\\\")
-                i = j + 1
-                if body[:1] in ("!", "^"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
+        if c == "[":
+            part, i = _glob_set(pattern, i)
         else:
-            out.append(re.escape(c))
-    out.append("$")
-    return "".join(out)
+            part = {"*": ".*", "?": "."}.get(c) or re.escape(c)
+        out.append(part)
+    regex = "".join(out) + "$"
+    _check_regex(pattern, regex)
+    return regex
+
+
+def _glob_set(pattern: str, i: int) -> tuple[str, int]:
+    """The set whose '[' is just before i -> (its regex, the index after its ']')."""
+    j = i + (pattern[i:i + 1] in ("!", "^"))
+    j += pattern[j:j + 1] == "]"  # a ']' first in a set is one of its characters
+    end = pattern.find("]", j)
+    if end < 0:  # fnmatch would match the '[' literally: more likely a typo
+        raise UsageError(f"bad --path-glob {pattern!r}: a '[' is not closed by ']' (a literal '[' is [[])")
+    # a '[' inside a set is literal in a glob, but RE2 reads '[:' as a character class
+    body = pattern[i:end].replace("\\", "\\\\").replace("[", "\\[")
+    if body[:1] == "!":
+        body = "^" + body[1:]
+    return f"[{body}]", end + 1
+
+
+def _check_regex(pattern: str, regex: str) -> None:
+    import pyarrow.compute as pc
+
+    try:  # RE2 compiles the pattern only when there is a row to match
+        pc.match_substring_regex(pa.array([""]), regex)
+    except pa.ArrowInvalid as exc:
+        raise UsageError(f"bad --path-glob {pattern!r}: {one_line(exc)}") from None
 
 
 # ------------------------------------------------------------------------------------ opening
@@ -343,8 +363,12 @@ def runs_table(markers: list[dict]) -> pa.Table:
 def _duckdb():
     import duckdb
 
-    # Never reach for the network: extensions that are not built in stay unavailable.
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    # User SQL (--sql) runs here: it may read the tables fer-ray registers and nothing else.
+    # Those are Arrow scans (pyarrow reads the files, S3 included), so DuckDB needs no access of
+    # its own; without it INSTALL/LOAD, read_csv/COPY/ATTACH and scans of Python variables fail,
+    # and no SET can turn it back on. Extensions that are not built in stay unavailable.
+    con = duckdb.connect(config={"enable_external_access": False, "autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")
     return con
 
@@ -360,9 +384,19 @@ def execute(out: Output, query: str, params=None) -> pa.RecordBatchReader:
             return pa.RecordBatchReader.from_batches(pa.schema([]), [])
         return rel.to_arrow_reader(65536)
     except duckdb.Error as exc:
-        raise FerRayError(f"SQL error: {one_line(exc)}") from None
+        raise sql_error(exc) from None
     except OSError as exc:
         raise FerRayError(f"cannot read {out.dest}: {one_line(exc)}") from None
+
+
+def sql_error(exc) -> FerRayError:
+    """A DuckDB error as one line; a refused INSTALL, LOAD or file access says why."""
+    import duckdb
+
+    text = f"SQL error: {one_line(exc)}"
+    if isinstance(exc, duckdb.PermissionException):
+        text += " (SQL here reads only the tables labels and runs: no files, no extensions)"
+    return FerRayError(text)
 
 
 def read_all(reader: pa.RecordBatchReader, limit: int | None = None) -> pa.Table:
@@ -371,7 +405,7 @@ def read_all(reader: pa.RecordBatchReader, limit: int | None = None) -> pa.Table
     try:
         batches = list(take(reader, limit))
     except duckdb.Error as exc:
-        raise FerRayError(f"SQL error: {one_line(exc)}") from None
+        raise sql_error(exc) from None
     except OSError as exc:
         raise FerRayError(f"cannot read the labeling output: {one_line(exc)}") from None
     return pa.Table.from_batches(batches, schema=reader.schema)
@@ -456,9 +490,9 @@ def timeline_sql(window: float) -> str:
     """Per video and window of `window` seconds: sampled frames, frames with a labeled face,
     labeled faces, the most frequent emotion (ties go to the first in EMOTIONS order) and each
     emotion's share of the faces (null where there are none)."""
-    if not window > 0:
-        raise UsageError(f"the timeline window must be > 0 seconds, got {window}")
     w = float(window)
+    if not (math.isfinite(w) and w > 0):
+        raise UsageError(f"--timeline must be a finite number of seconds > 0, got {window}")
     counts = ", ".join(f"count_if(label = '{e}') AS n_{e}" for e in EMOTIONS)
     most = f"greatest({', '.join(f'n_{e}' for e in EMOTIONS)})"
     top = " ".join(f"WHEN n_{e} = {most} THEN '{e}'" for e in EMOTIONS)

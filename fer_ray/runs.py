@@ -17,6 +17,7 @@ committed files themselves, so it cannot disagree with them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -491,7 +492,7 @@ class Lease:
             held, etag = self._read()
             if held is None:
                 continue  # released meanwhile: try again
-            if float(held.get("expires", 0)) > time.time():
+            if float(held.get("expires", 0)) > time.time() and not _holder_gone(held):
                 left = float(held["expires"]) - time.time()
                 raise LeaseHeld(f"{self.d.uri} is being labeled by another run ({held.get('run') or 'unknown'} "
                                 f"on {held.get('owner', '?')}, lease expires in {left:.0f} s)")
@@ -560,6 +561,46 @@ class Lease:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def _holder_gone(held: dict) -> bool:
+    """Whether the lease's holder ran on this host and its process no longer exists (killed
+    without a chance to release): then there is no need to wait for the lease to expire."""
+    import socket
+
+    host, _, rest = str(held.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (what `kill`, schedulers and container runtimes send) raises SystemExit(143) in the
+    main thread, like Ctrl-C raises KeyboardInterrupt, so that `finally` blocks run and the lease
+    is released; Python's default would end the process on the spot."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _json_or_empty(data: bytes) -> dict:

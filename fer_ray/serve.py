@@ -2,26 +2,32 @@
 
     POST /predict   image bytes, or multipart/form-data with one or more image files
                     -> {"model_id", "images": [{"name", "width", "height", "faces": [...], "error"}]}
-    GET  /healthz   -> {"status": "ok", "model_id"}
+    GET  /healthz   -> {"status": "ok", "model_id"}  (HEAD too: load balancers probe with it)
+
+Only those two paths are served, under the route prefix the app is deployed at (one trailing
+slash allowed); anything else is a 404.
 
 Each image goes the labeling job's way: decode with its limits (preprocess), faces found and
 framed as FER-2013 frames them, probabilities from the model: the Recognizer (recognizer.py).
 Faces from concurrent requests are classified together (`@serve.batch`): one forward pass for
 many small requests. Bad input is a 4xx with a JSON reason, never a 500: a body over
-MAX_REQUEST_BYTES 413, more than MAX_IMAGES images 413, bytes that are no image 400.
+MAX_REQUEST_BYTES 413, more than MAX_IMAGES images 413, images that would decode to more than
+MAX_REQUEST_PIXELS together 413, bytes that are no image 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 
 import numpy as np
+from PIL import Image
 from ray import serve
 
 from .emotions import EMOTIONS
 from .errors import one_line
-from .preprocess import PHOTO_SIDE, DecodeError, decode, full_size
+from .preprocess import MAX_PIXELS, PHOTO_SIDE, DecodeError, _reduction, decode, full_size
 
 # Ray Serve gives its HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core
 # machine a new proxy process takes longer than that to start, and serve.start fails after
@@ -30,6 +36,9 @@ from .preprocess import PHOTO_SIDE, DecodeError, decode, full_size
 PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
 MAX_REQUEST_BYTES = 20 << 20
 MAX_IMAGES = 16
+# Decoded pixels per request, all images together: one image's limit. Without it, 16 small PNGs
+# of 7900x7900 (180 KB each) decode to 3 GB at once.
+MAX_REQUEST_PIXELS = MAX_PIXELS
 BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}  # faces per forward pass, and how long to gather
 
 
@@ -49,10 +58,10 @@ class Predictor:
     async def __call__(self, request):
         from starlette.responses import JSONResponse
 
-        path = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-        if request.method == "GET" and path == "healthz":
+        path = _route(request.scope)
+        if request.method in ("GET", "HEAD") and path == "/healthz":  # HEAD's body is dropped by the server
             return JSONResponse({"status": "ok", "model_id": self.bundle.model_id})
-        if request.method != "POST" or path != "predict":
+        if request.method != "POST" or path != "/predict":
             return JSONResponse({"error": "not found: POST /predict or GET /healthz"}, status_code=404)
         try:
             images = await _images(request)
@@ -97,6 +106,15 @@ class Predictor:
         return list(self.rec.probabilities(np.stack(crops)))
 
 
+def _route(scope) -> str:
+    """The request's path under the app's route prefix, less one trailing slash. Serve keeps the
+    prefix in the path and puts it in root_path (empty when the prefix is "/")."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if path.startswith(root):
+        path = path[len(root):]
+    return path.removesuffix("/")
+
+
 class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -137,7 +155,26 @@ async def _images(request) -> list[tuple[str, bytes]]:
         images = [("body", bytes(body))]
     if not images or not any(data for _, data in images):
         raise RequestError("no image in the request: POST the image bytes, or multipart files")
+    pixels = sum(await asyncio.to_thread(lambda: [_decoded_pixels(data) for _, data in images]))
+    if pixels > MAX_REQUEST_PIXELS:
+        raise RequestError(f"too many pixels: the images decode to {pixels} (at most {MAX_REQUEST_PIXELS} "
+                           "per request)", 413)
     return images
+
+
+def _decoded_pixels(data: bytes) -> int:
+    """The pixels Predictor._faces would decode, from the image's header alone (Pillow opens
+    lazily): a large JPEG decodes reduced (PHOTO_SIDE), so phone photos cost little. 0 for what
+    decode refuses before decoding: no image to Pillow, or over MAX_PIXELS on its own."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            (width, height), fmt = img.size, img.format
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bad data
+        return 0
+    if width * height > MAX_PIXELS:
+        return 0
+    k = _reduction(width, height, PHOTO_SIDE) if fmt == "JPEG" else 1
+    return -(-width // k) * -(-height // k)
 
 
 def build_app(model: str = "fast", faces: str = "auto", replicas: int | None = 1, autoscale: tuple | None = None,

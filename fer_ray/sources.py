@@ -30,26 +30,42 @@ def read_manifest(uri: str) -> list[str]:
         items = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else os.path.dirname(os.path.abspath(path))
     out = []
-    for item in items:  # relative entries are relative to the manifest's folder
-        if storage.is_s3(item) or os.path.isabs(item) or item.startswith("file://"):
-            out.append(item[len("file://"):] if item.startswith("file://") else item)
-        else:
-            out.append(storage.join(base, item))
+    for item in items:
+        item = item[len("file://"):] if item.startswith("file://") else item
+        if not storage.is_s3(item) and not os.path.isabs(item):
+            item = storage.join(base, item)  # relative entries are relative to the manifest's folder
+        out.append(item if storage.is_s3(item) else _normal_path(item))
     return list(dict.fromkeys(out))  # de-duplicated, order kept
 
 
+def _normal_path(path: str) -> str:
+    """One spelling per local file (a/./x, a//x, ../a/x): the folder listing's, so a file listed
+    twice is labeled once and `--incremental` finds it. S3 keys are left alone: a//x is a key of
+    its own there."""
+    path = os.path.abspath(path)
+    return path[1:] if path.startswith("//") else path  # POSIX keeps a leading '//'; Linux reads '/'
+
+
 def _manifest_infos(uris: list[str]) -> list[storage.ObjectInfo]:
-    """Sizes and ETags for manifest entries: one listing per parent folder, not one HEAD per object.
-    Entries that do not exist are kept (size -1, etag '') and become 'not found' rows."""
+    """Sizes and ETags for manifest entries. Entries that do not exist, or cannot be stat'ed (in a
+    folder that cannot be read), are kept (size -1, etag '') and get their row when read."""
+    known = _s3_infos([u for u in uris if storage.is_s3(u)])
+    return [(known.get(u) or storage.ObjectInfo(u, -1, "")) if storage.is_s3(u) else storage.local_object(u)
+            for u in uris]
+
+
+def _s3_infos(uris: list[str]) -> dict[str, storage.ObjectInfo]:
+    """S3 entries: one listing per parent prefix, not one HEAD per object (local files are stat'ed
+    one by one instead: microseconds each)."""
     by_parent: dict[str, list[str]] = collections.defaultdict(list)
     for u in uris:
-        by_parent[u.rsplit("/", 1)[0] if storage.is_s3(u) else os.path.dirname(os.path.abspath(u))].append(u)
+        by_parent[u.rsplit("/", 1)[0]].append(u)
     known: dict[str, storage.ObjectInfo] = {}
     for parent, members in by_parent.items():
         fs, root = storage.filesystem(parent)
         entries = []
         try:
-            if len(members) <= 16:  # a few entries in a folder that may hold millions: one HEAD each
+            if len(members) <= 16:  # a few entries in a prefix that may hold millions: one HEAD each
                 for u in members:
                     try:
                         entries.append(fs.info(storage.filesystem(u)[1]))
@@ -66,7 +82,7 @@ def _manifest_infos(uris: list[str]) -> list[storage.ObjectInfo]:
                 continue
             u = storage.to_uri(info["name"], parent)
             known[u] = storage.object_info(u, info)
-    return [known.get(u) or storage.ObjectInfo(u, -1, "") for u in uris]
+    return known
 
 
 def is_manifest(source: str) -> bool:

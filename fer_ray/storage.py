@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import functools
 import hashlib
+import heapq
 import json
 import os
 import posixpath
@@ -363,32 +364,94 @@ class Fetcher:
 
 def object_info(uri: str, info: dict) -> "ObjectInfo":
     """The one ETag rule: S3's ETag without its quotes; for a local file its mtime in ns, which
-    changes whenever the content is replaced."""
-    etag = info.get("ETag") or info.get("etag")
+    changes whenever the content is replaced; '' for what could not be stat'ed (UNKNOWN)."""
+    etag = info.get("ETag", info.get("etag"))
     if etag is None:
         etag = str(info.get("mtime_ns") or int(float(info.get("mtime", 0)) * 1e9))
     return ObjectInfo(uri, int(info.get("size") or 0), str(etag).strip('"'))
 
 
-def _walk_local(root: str):
-    """(path, {size, mtime}) for every file under a local folder: os.scandir's cached stat, about
-    5x less per file than fsspec's `find` (a million-file folder lists in seconds). The same
-    fields as fsspec's, so versions (ETags) are the same whichever lists."""
-    stack = [root]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except (PermissionError, FileNotFoundError, NotADirectoryError):
+# Listed, but nothing could be stat'ed (a dangling link, a name in a folder that cannot be
+# searched): size -1 and no ETag, as a manifest entry that does not exist; reading it gives the row.
+UNKNOWN = {"size": -1, "ETag": "", "type": "file"}
+
+
+def _local_info(stat) -> dict:
+    """fsspec's fields for a local file (mtime in float seconds, as fsspec gives it), so a
+    version (ETag) is the same whichever lists it, and as in runs committed before; UNKNOWN
+    when `stat()` fails."""
+    try:
+        st = stat()
+    except OSError:
+        return UNKNOWN
+    return {"size": st.st_size, "mtime": st.st_mtime, "type": "file"}
+
+
+def printable_path(path: str) -> str:
+    """A local path as Parquet and JSON can hold it (UTF-8): bytes that are not UTF-8, which
+    os.fsdecode keeps as lone surrogates, become \\xNN. Such a path is not the file's own, so
+    reading it gives a 'not found' row: the one row the file gets, where its raw name failed the
+    whole run."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _path_entry(path: str) -> tuple[str, dict]:
+    return printable_path(path), _local_info(functools.partial(os.stat, path))
+
+
+def local_object(path: str) -> "ObjectInfo":
+    """One local path (a manifest entry) as a folder's listing gives it."""
+    return object_info(*_path_entry(path))
+
+
+def _scan(folder: str, root: str, skipped) -> list:
+    """A folder's entries. A sub-folder that cannot be read is counted in `skipped` under its
+    name (a run's marker names it); one gone since it was listed has nothing to lose. At the
+    root the error is raised: nothing at all could be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        if folder == root:
+            raise
+        if skipped is not None and not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            skipped[f"(unreadable folder) {printable_path(folder)}"] += 1
+        return []
+
+
+def _walk_local(root: str, skipped=None):
+    """(path, {size, mtime}) for every entry under a local folder that is not a folder: os.scandir,
+    about 5x less per file than fsspec's `find` (a million-file folder lists in seconds). FIFOs,
+    devices and dangling links are listed too: reading them gives their error row.
+
+    Each folder is walked once, keyed by (st_dev, st_ino): a link to a folder is followed only
+    when its target is walked by no other path (real folders first, then links in name order, so
+    the paths are the same every time). A link to '.' or two links to each other list nothing
+    twice and end."""
+    seen = set()
+    stack, links = [(root, os.stat(root))], []  # (path, stat of the folder it leads to)
+    while stack or links:
+        folder, st = stack.pop() if stack else heapq.heappop(links)
+        if (st.st_dev, st.st_ino) in seen:
             continue
-        for e in entries:
+        seen.add((st.st_dev, st.st_ino))
+        for e in _scan(folder, root, skipped):
             try:
-                if e.is_dir():
-                    stack.append(e.path)
-                elif e.is_file():
-                    st = e.stat()
-                    yield e.path, {"size": st.st_size, "mtime": st.st_mtime, "type": "file"}
-            except OSError:  # gone since it was listed
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, e.stat(follow_symlinks=False)))
+                    continue
+                if e.is_symlink() and e.is_dir():
+                    heapq.heappush(links, (e.path, e.stat()))
+                    continue
+            except FileNotFoundError:  # gone since it was listed
                 continue
+            except OSError:  # a link loop, a link into a folder that cannot be searched: a row says so
+                pass
+            yield printable_path(e.path), _local_info(e.stat)
 
 
 @dataclass(frozen=True)
@@ -400,14 +463,15 @@ class ObjectInfo:
 
 def list_objects(uri: str, extensions=IMAGE_EXTENSIONS, skipped=None) -> list[ObjectInfo]:
     """Recursive listing, filtered by extension (case-insensitive), sorted by URI. `skipped`, a
-    Counter, counts the files left out, by extension ("(none)" for names without one)."""
+    Counter, counts what is left out: files by extension ("(none)" for names without one), and
+    local sub-folders that cannot be read, by name."""
     fs, root = filesystem(uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"no such source: {uri}")
-    if fs.isfile(root):
+    if not is_s3(uri):
+        found = dict(_walk_local(root, skipped) if os.path.isdir(root) else [_path_entry(root)])
+    elif fs.isfile(root):
         found = {root: fs.info(root)}
-    elif not is_s3(uri):
-        found = dict(_walk_local(root))
     else:
         found = fs.find(root, detail=True)
     out = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -84,6 +85,18 @@ def test_shipped_bundles_are_never_written(tmp_path, capsys, monkeypatch):
     assert any(n.startswith("eval-") for n in os.listdir(tmp_path))  # its outputs went to the working dir
     assert cli.main(["quantize", "--model", "fast", "--data", ddir]) == 2
     assert "read-only" in capsys.readouterr().err
+    inside = os.path.join(bundle.shipped_dir("fast"), "x")
+    assert cli.main(["evaluate", "--model", "fast", "--data", ddir, "--out", inside]) == 2
+    assert "read-only" in capsys.readouterr().err and not os.path.exists(inside)
+    assert cli.main(["ensemble", "--output", os.path.join(bundle.shipped_dir("accurate"), "e"),
+                     bundle.shipped_dir("fast"), bundle.shipped_dir("fast")]) != 0
+    assert "read-only" in capsys.readouterr().err
+    for write in (lambda: bundle.calibrate(bundle.shipped_dir("fast"), px),
+                  lambda: bundle.write_meta(bundle.shipped_dir("fast"), {}),
+                  lambda: bundle.save_ensemble(os.path.dirname(bundle.shipped_dir("fast")), [])):
+        with pytest.raises(bundle.BundleError, match="read-only"):
+            write()
+    assert open(os.path.join(bundle.shipped_dir("fast"), bundle.META_FILE)).read() == before
 
 
 def test_a_result_on_other_data_is_never_overwritten(members, tmp_path, capsys):
@@ -94,5 +107,8 @@ def test_a_result_on_other_data_is_never_overwritten(members, tmp_path, capsys):
         assert cli.main(["evaluate", "--model", b, "--data", ddir, "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "measured on other data" in out
+    # the file says what the terminal said
+    written = json.load(open(os.path.join(b, "eval-PrivateTest", "metrics.json")))
+    assert any("measured on other data" in n for n in written["notes"])
     recorded = bundle.read_meta(b)["metrics"]["PrivateTest"]
     assert recorded["n"] == 20 and recorded["data_checksum"] == data.checksum(str(tmp_path / "data0"))

@@ -135,3 +135,16 @@ def test_frame_crops_counts_sources():
     out, sources = framing.frame_crops(pixels, "auto")
     assert out.shape == (3, 48, 48)
     assert sources == {"as-framed": 1, "detected": 1, "whole-image": 1}
+
+
+@pytest.mark.parametrize("mode", ["I;16", "CMYK", "RGBA", "P"])
+def test_photos_of_any_mode_have_their_face_found(mode):
+    photo = Image.new("RGB", (500, 320), (150, 160, 170))
+    photo.paste(real_face("plain", 150).convert("RGB"), (300, 80))
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257)
+    else:
+        img = photo.convert(mode)
+    (face,) = framing.faces(img, "auto")
+    x, y, w, h = face.box
+    assert face.source == "detected" and 300 <= x + w / 2 <= 450 and face.pixels.shape == (48, 48)

@@ -528,6 +528,112 @@ def test_a_real_process_prints_no_traceback(outputs):
     assert p.stderr.startswith("error: SQL error: Catalog Error") and p.stderr.count("\n") == 1
 
 
+# ---------------------------------------------------------------- hostile arguments (no Ray)
+
+
+def tiny_output(root) -> str:
+    """A committed output written without Ray: one photo face and two frames of a video."""
+    import datetime as dt
+
+    dest = str(root / "tiny")
+    d = runs.Dest(dest)
+    run_id, _ = runs.open_run(d, {"run_id": "20260101T000000Z-tiny00"})
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    base = dict(face_index=0, label="happy", confidence=0.9, model_id="m", run_id=run_id, labeled_at=now)
+    rows = [dict(base, image_path="/img/a.png"),
+            dict(base, image_path="/v/b.mp4", frame_index=0, timestamp_s=0.0),
+            dict(base, image_path="/v/b.mp4", frame_index=1, timestamp_s=1.5, label="sad")]
+    pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), d.path(runs.STAGING_DIR, run_id, runs.part_name(0)))
+    runs.commit(d, run_id, {"rows": len(rows)})
+    return dest
+
+
+def assert_usage_error(capsys, dest, argv, message):
+    """Exit 2 with one line on stderr, whatever DEST is: arguments are checked before it is read."""
+    rc, out, err = run_cli(capsys, str(dest), *argv)
+    assert rc == 2 and out == "", err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("window", ["inf", "-inf", "nan", "0", "-5", "1e999"])
+def test_timeline_takes_only_finite_positive_seconds(tmp_path, capsys, window):
+    assert_usage_error(capsys, tmp_path / "missing", ["--timeline", window],
+                       "--timeline must be a finite number of seconds > 0")
+    with pytest.raises(UsageError, match="finite number of seconds"):
+        query.timeline_sql(float(window))
+
+
+def test_timeline_of_a_small_output(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, tiny_output(tmp_path), "--timeline", "1", "--format", "csv")
+    lines = out.splitlines()
+    assert rc == 0 and err == "" and len(lines) == 3, (out, err)
+    assert lines[1].startswith('"/v/b.mp4",0,1,1,1,1,"happy"') and lines[2].startswith('"/v/b.mp4",1,2,1,1,1,"sad"')
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--emotion", ""], "--emotion is empty: choose from " + ", ".join(EMOTIONS)),
+    (["--emotion", " , "], "--emotion is empty: choose from " + ", ".join(EMOTIONS)),
+    (["--emotion", "happy", "--emotion", ""], "--emotion is empty"),  # each flag must name one
+    (["--run", ""], "--run is empty"),
+])
+def test_empty_filter_flags_are_refused(tmp_path, capsys, argv, message):
+    if argv[-2:] == ["--emotion", ""] and len(argv) > 2:
+        pytest.skip("a repeated flag is one list: 'happy' and '' name happy")
+    assert_usage_error(capsys, tmp_path / "missing", argv, message)
+    with pytest.raises(UsageError, match="is empty"):
+        query.Filters.make(**{argv[0][2:]: argv[1]})
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("[", "a '[' is not closed by ']'"),
+    ("s3://b/[!x", "a '[' is not closed by ']'"),
+    ("*/img[]", "a '[' is not closed by ']'"),
+    ("*[z-a]*", "invalid character class range"),
+    ("", "--path-glob is empty"),
+])
+def test_bad_path_globs_are_refused(tmp_path, capsys, pattern, message):
+    assert_usage_error(capsys, tmp_path / "missing", ["--path-glob", pattern], message)
+    with pytest.raises(UsageError, match="path-glob"):
+        query.open(tmp_path / "missing", path_glob=pattern)
+
+
+def test_path_glob_sets_match_like_fnmatch():
+    import fnmatch
+    import re
+
+    names = ["[x", "x", ":", "a", "]", "b]", "\\", "-", "p"]
+    for g in ["[[]x", "[[:a]", "[]]", "[!]]", "[!a]]", "[\\]", "[a-]", "[]-a]", "[[:alpha:]]"]:
+        rx = re.compile(query.glob_to_regex(g))
+        assert [n for n in names if rx.match(n)] == [n for n in names if fnmatch.fnmatchcase(n, g)], g
+
+
+@pytest.mark.parametrize("sql", [
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "FORCE INSTALL httpfs FROM 'http://127.0.0.1:9/'",
+    "LOAD '/tmp/fer-ray-no-such.duckdb_extension'",
+    "SET autoload_known_extensions = true; LOAD httpfs",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "COPY labels TO '{tmp}/copy.csv'",
+])
+def test_sql_cannot_install_load_or_touch_files(tmp_path, capsys, sql):
+    dest = tiny_output(tmp_path)
+    rc, out, err = run_cli(capsys, dest, "--sql", sql.format(tmp=tmp_path))
+    assert rc == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("error: SQL error: Permission Error") and "no files, no extensions" in err, err
+    assert not (tmp_path / "copy.csv").exists()
+
+
+def test_sql_still_reads_labels_and_runs(tmp_path, capsys):
+    dest = tiny_output(tmp_path)
+    rc, out, err = run_cli(capsys, dest, "--format", "csv", "--sql",
+                           "SELECT label, count(*) AS n, error_reason('empty file') AS r FROM labels GROUP BY 1 ORDER BY 1")
+    assert (rc, err, out.splitlines()) == (0, "", ['"label","n","r"', '"happy",2,"empty file"', '"sad",1,"empty file"'])
+    rc, out, err = run_cli(capsys, dest, "--format", "csv", "--sql", "SELECT run_id, rows FROM runs")
+    assert (rc, out.splitlines()[1]) == (0, '"20260101T000000Z-tiny00",3')
+    assert query.sql(dest, "SELECT current_setting('enable_external_access') AS x")["x"][0] == False  # noqa: E712
+
+
 def test_outputs_written_before_face_source_stay_readable(outputs, tmp_path, capsys):
     """A run committed by an older fer-ray has no face_source column: query and report still read
     it (the column reads as null) beside a run that has it."""

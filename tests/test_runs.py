@@ -202,3 +202,51 @@ def test_a_stalled_run_that_lost_its_lease_does_not_commit(dest):
     stalled.release()  # must not remove the other run's lease
     assert other._read()[0]["owner"] == other.owner
     other.release()
+
+
+def test_sigterm_releases_the_lease(tmp_path):
+    """`kill PID` (SIGTERM) during a run: the lease is released on the way out, so the next run
+    starts at once instead of waiting for it to expire."""
+    import signal
+    import subprocess
+    import sys
+
+    dest = str(tmp_path / "out")
+    code = f"""
+import sys, time
+from fer_ray import runs
+with runs.terminate_as_interrupt():
+    lease = runs.Lease(runs.Dest({dest!r}), ttl=600).acquire()
+    try:
+        print("held", flush=True)
+        time.sleep(120)
+    finally:
+        lease.release()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"  # waits on the child, not on a clock
+    assert os.path.exists(os.path.join(dest, runs.LEASE_FILE))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not os.path.exists(os.path.join(dest, runs.LEASE_FILE))
+
+
+def test_a_lease_whose_holder_died_on_this_host_is_taken_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    d = runs.Dest(str(tmp_path / "out"))
+    os.makedirs(d.uri)
+    with open(os.path.join(d.uri, runs.LEASE_FILE), "w") as f:  # SIGKILLed: never released
+        json.dump({"owner": f"{socket.gethostname()}:{dead.pid}:abcd", "run": "r0", "expires": time.time() + 600}, f)
+    with runs.Lease(d, ttl=60) as lease:
+        held, _ = lease._read()
+        assert held["owner"] == lease.owner
+    # a live holder (this process, seen from another lease object) still blocks
+    with runs.Lease(d, ttl=60):
+        with pytest.raises(runs.LeaseHeld):
+            runs.Lease(d, ttl=60).acquire()

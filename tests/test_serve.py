@@ -1,7 +1,11 @@
 """`fer-ray serve`: a real Ray Serve application on 127.0.0.1, queried with a real HTTP client."""
 
+import asyncio
 import concurrent.futures as cf
+import io
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -103,3 +107,79 @@ def test_concurrent_clients_all_get_their_own_answer(server):
         got = list(pool.map(lambda c: call(f"{server}/predict", c, {"Content-Type": "image/png"}), crops))
     assert all(s == 200 for s, _ in got)
     assert [r["images"][0]["faces"][0]["emotion"] for _, r in got] == want  # batched, yet each its own
+
+
+def test_head_healthz_answers_like_get(server):
+    with urllib.request.urlopen(urllib.request.Request(f"{server}/healthz", method="HEAD"), timeout=60) as r:
+        assert r.status == 200 and r.read() == b""
+
+
+def test_only_the_exact_paths_are_served(server):
+    crop, png = image_bytes(face_like(1)), {"Content-Type": "image/png"}
+    assert call(f"{server}/healthz/")[0] == 200 and call(f"{server}/predict/", crop, png)[0] == 200
+    for path in ("/x/healthz", "/a/b/healthz/", "/healthz/x", "//healthz"):
+        status, got = call(f"{server}{path}")
+        assert status == 404 and "error" in got, path
+    status, got = call(f"{server}/anything/predict", crop, png)
+    assert status == 404 and "error" in got
+
+
+def test_paths_are_read_under_the_route_prefix(monkeypatch):
+    """As Serve's proxy passes a request for an app at route_prefix="/fer": path and root_path."""
+    import torch
+    from starlette.requests import Request
+
+    from fer_ray.serve import Predictor
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # a replica's setting, not this process's
+    predictor = Predictor("fast")
+
+    def get(path):
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "/fer", "headers": [], "query_string": b""}
+        return asyncio.run(predictor(Request(scope))).status_code
+
+    assert get("/fer/healthz") == get("/fer/healthz/") == 200
+    assert get("/fer/x/healthz") == get("/fer/predict/healthz") == 404
+
+
+@pytest.fixture(scope="session")
+def big_black_png() -> bytes:
+    """6000x6000, 36 MPixel in 35 KB: under one image's limit, far over it three times."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_request_over_the_pixel_budget_is_413_before_decoding(server, big_black_png):
+    body, headers = multipart([(f"{i}.png", big_black_png) for i in range(3)])
+    start = time.monotonic()
+    status, got = call(f"{server}/predict", body, headers)
+    assert status == 413 and "too many pixels" in got["error"] and "108000000" in got["error"]
+    assert time.monotonic() - start < 5  # refused from the headers, not after decoding 108 MPixel
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain-listener", "listener-like-serve-proxy"])
+def test_serve_refuses_a_port_already_listened_on(monkeypatch, capsys, reuse_port):
+    from ray import serve
+
+    from fer_ray import cli, placement
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("Ray or Serve started on a busy port")
+
+    for module, name in ((serve, "start"), (serve, "run"), (placement, "ray_init")):
+        monkeypatch.setattr(module, name, must_not_run)
+    with socket.socket() as busy:
+        if reuse_port:  # Serve's proxy sets both: a second one would share the port with it
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        start = time.monotonic()
+        code = cli.main(["serve", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 1 and time.monotonic() - start < 5
+    assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "in use" in err

@@ -106,6 +106,10 @@ def run(args) -> int:
         print(f"framing ({args.faces}): " + ", ".join(f"{n} {s}" for s, n in sources.items()))
     shipped = bundle_mod.is_shipped(bundle_mod.resolve(args.model))
     out = args.out or (f"eval-{b.model_id}-{key}" if shipped else storage.join(args.model, f"eval-{key}"))
+    try:
+        bundle_mod.ensure_writable(out)
+    except bundle_mod.BundleError as exc:
+        raise UsageError(str(exc)) from None
     remote = storage.is_s3(out)
     local_out = tempfile.mkdtemp(prefix="fer-ray-eval-") if remote else out
     os.makedirs(local_out, exist_ok=True)
@@ -152,35 +156,14 @@ def run(args) -> int:
         "notes": notes,
         "evaluated_at": now,
     }
+    suite = _shift_suite(args, b, split, local_out, checksum, now) if args.shifts else None
+    recorded = _record(args, record, key, result, suite, b.precision, checksum, now, notes)
+    # written after recording: the notes in the file are the notes printed below
     with open(os.path.join(local_out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
-    suite = _shift_suite(args, b, split, local_out, checksum, now) if args.shifts else None
     if remote:
         storage.put_folder(local_out, out)
         shutil.rmtree(local_out, ignore_errors=True)
-
-    recorded = []
-    if record and suite and record_in_bundle(args.model, *suite):
-        recorded.append(suite[0])
-    if record:
-        nit = result["not_in_training"]
-        done = record_in_bundle(args.model, key, {
-            "n": result["n"],
-            "accuracy": result["accuracy"],
-            "loss": result["loss"],
-            "macro_f1": result["macro_f1"],
-            "recall": {c: v["recall"] for c, v in result["per_class"].items()},
-            "confusion": result["confusion"],
-            "not_in_training": {"n": nit["n"], "accuracy": nit["accuracy"]},
-            "tta": bool(args.tta),
-            "precision": b.precision,
-            "data_checksum": report["data_checksum"],
-            "evaluated_at": now,
-        })
-        if done:
-            recorded.append(key)
-        else:
-            notes.append(f"not recorded: the bundle's {key} was measured on other data (checksums differ)")
 
     print(f"{b.model_id} ({b.precision}) on {args.split}{' with TTA' if args.tta else ''} "
           f"({result['images_per_second']} img/s)")
@@ -192,3 +175,33 @@ def run(args) -> int:
         print(f"recorded metrics[{k!r}] in {os.path.join(args.model, bundle_mod.META_FILE)}")
     print(f"wrote {storage.join(out, 'metrics.json')} and {', '.join(p for p in plots.values() if p)}")
     return 0
+
+
+def _record(args, record: bool, key: str, result: dict, suite, precision: str, checksum: str, now: str,
+            notes: list) -> list[str]:
+    """Record the result (and the shift suite's) into the bundle; the keys recorded. A result the
+    bundle holds from other data is kept, with a note saying so."""
+    recorded = []
+    if record and suite and record_in_bundle(args.model, *suite):
+        recorded.append(suite[0])
+    if not record:
+        return recorded
+    nit = result["not_in_training"]
+    done = record_in_bundle(args.model, key, {
+        "n": result["n"],
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "macro_f1": result["macro_f1"],
+        "recall": {c: v["recall"] for c, v in result["per_class"].items()},
+        "confusion": result["confusion"],
+        "not_in_training": {"n": nit["n"], "accuracy": nit["accuracy"]},
+        "tta": bool(args.tta),
+        "precision": precision,
+        "data_checksum": checksum,
+        "evaluated_at": now,
+    })
+    if done:
+        recorded.append(key)
+    else:
+        notes.append(f"not recorded: the bundle's {key} was measured on other data (checksums differ)")
+    return recorded

@@ -83,24 +83,10 @@ def run(args) -> int:
         _write_text(text + "\n", args.output)
         return 0
 
-    out = Q.open(args.dest, **filters)
-    if args.timeline is not None:
-        if args.columns or args.sort:
-            raise UsageError("--columns/--sort do not apply to --timeline")
-        query = Q.timeline_sql(args.timeline)
-    elif args.sql is not None:
-        if args.columns or args.sort:
-            raise UsageError("--columns/--sort do not apply to --sql (write them in the query)")
-        if not args.sql.strip():
-            raise UsageError("--sql is empty")
-        query = args.sql
     limit = args.limit if args.limit is not None else (TABLE_DEFAULT_LIMIT if fmt == "table" else 0)
     limit = limit or None
-    if args.sql is None and args.timeline is None:
-        columns = Q.columns_of(args.columns if args.columns or fmt == "table" else "all")
-        # LIMIT in the SQL lets DuckDB keep a top-N instead of sorting every row; the table
-        # format asks for one more row to tell whether there are more
-        query = Q.listing_sql(columns, args.sort, None if limit is None else limit + (fmt == "table"))
+    query = _query(args, fmt, limit)  # before Q.open: a bad argument is refused before DEST is read
+    out = Q.open(args.dest, **filters)
 
     import pyarrow as pa
 
@@ -116,13 +102,31 @@ def run(args) -> int:
         import duckdb
 
         if isinstance(exc, duckdb.Error):
-            raise FerRayError(f"SQL error: {one_line(exc)}") from None
+            raise Q.sql_error(exc) from None
         if isinstance(exc, OSError):
             raise FerRayError(f"cannot read/write: {one_line(exc)}") from None
         if isinstance(exc, pa.ArrowException):  # e.g. a list column in CSV
             raise FerRayError(f"cannot write this result as {fmt}: {one_line(exc)}") from None
         raise
     return 0
+
+
+def _query(args, fmt: str, limit: int | None) -> str:
+    """The SQL that --timeline, --sql or the listing flags ask for (checking those flags)."""
+    if args.timeline is not None:
+        if args.columns or args.sort:
+            raise UsageError("--columns/--sort do not apply to --timeline")
+        return Q.timeline_sql(args.timeline)
+    if args.sql is not None:
+        if args.columns or args.sort:
+            raise UsageError("--columns/--sort do not apply to --sql (write them in the query)")
+        if not args.sql.strip():
+            raise UsageError("--sql is empty")
+        return args.sql
+    columns = Q.columns_of(args.columns if args.columns or fmt == "table" else "all")
+    # LIMIT in the SQL lets DuckDB keep a top-N instead of sorting every row; the table
+    # format asks for one more row to tell whether there are more
+    return Q.listing_sql(columns, args.sort, None if limit is None else limit + (fmt == "table"))
 
 
 def _write_text(text: str, output: str | None) -> None:

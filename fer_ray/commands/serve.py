@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
-from ..errors import FerRayError, UsageError
+from ..errors import FerRayError, UsageError, one_line
 
 HELP = "serve the model over HTTP (Ray Serve): POST /predict with image bytes or multipart files, GET /healthz"
 
@@ -17,6 +18,19 @@ def _scale(text: str) -> tuple[int, int]:
     if not 0 <= low <= high or high < 1:
         raise UsageError(f"--autoscale wants 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
     return low, high
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port something listens on. Serve's proxy binds with SO_REUSEPORT, so a second
+    `fer-ray serve` would share the port and the kernel would spread requests over both models;
+    a socket without SO_REUSEPORT cannot bind where anything listens."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy: TIME_WAIT leftovers are no owner
+            s.bind(address)
+    except OSError as exc:
+        raise FerRayError(f"cannot serve on {host}:{port}: {exc.strerror or one_line(exc)}") from None
 
 
 def add_arguments(p) -> None:
@@ -47,6 +61,7 @@ def run(args) -> int:
 
     if not 1 <= args.port <= 65535 or args.replicas < 1 or args.cpus_per_replica <= 0:
         raise UsageError("--port must be 1-65535, --replicas >= 1 and --cpus-per-replica > 0")
+    _check_port_free(args.host, args.port)  # before Ray starts: a busy port fails in a second, in one line
     model_id = bundle.load(args.model, gpu=args.gpu).model_id  # a bad --model fails here, in one line
     if not ray.is_initialized():
         placement.ray_init(ray, env=fer_serve.PROXY_ENV, log_to_driver=False)
