@@ -131,12 +131,13 @@ def _names(value) -> tuple[str, ...] | None:
 
 
 def _flag_names(value, flag: str, hint: str) -> tuple[str, ...] | None:
-    """`_names` of a filter flag; UsageError when it is given but names nothing, because
-    `--emotion ""` would otherwise silently mean no filter at all."""
-    names = _names(value)
-    if value is not None and not names:
-        raise UsageError(f"{flag} is empty: {hint}")
-    return names
+    """`_names` of a filter flag; UsageError when it, or one of its repeats, names nothing:
+    `--emotion ""` must not silently mean no filter at all."""
+    if value is not None:
+        items = [value] if isinstance(value, str) else list(value)
+        if not items or not all(_names(item) for item in items):
+            raise UsageError(f"{flag} is empty: {hint}")
+    return _names(value)
 
 
 def glob_to_regex(pattern: str) -> str:

@@ -109,10 +109,7 @@ class Predictor:
 def _route(scope) -> str:
     """The request's path under the app's route prefix, less one trailing slash. Serve keeps the
     prefix in the path and puts it in root_path (empty when the prefix is "/")."""
-    path, root = scope["path"], scope.get("root_path", "")
-    if path.startswith(root):
-        path = path[len(root):]
-    return path.removesuffix("/")
+    return scope["path"].removeprefix(scope.get("root_path", "")).removesuffix("/")
 
 
 class RequestError(ValueError):

@@ -557,7 +557,7 @@ def assert_usage_error(capsys, dest, argv, message):
 
 @pytest.mark.parametrize("window", ["inf", "-inf", "nan", "0", "-5", "1e999"])
 def test_timeline_takes_only_finite_positive_seconds(tmp_path, capsys, window):
-    assert_usage_error(capsys, tmp_path / "missing", ["--timeline", window],
+    assert_usage_error(capsys, tmp_path / "missing", [f"--timeline={window}"],
                        "--timeline must be a finite number of seconds > 0")
     with pytest.raises(UsageError, match="finite number of seconds"):
         query.timeline_sql(float(window))
@@ -577,11 +577,9 @@ def test_timeline_of_a_small_output(tmp_path, capsys):
     (["--run", ""], "--run is empty"),
 ])
 def test_empty_filter_flags_are_refused(tmp_path, capsys, argv, message):
-    if argv[-2:] == ["--emotion", ""] and len(argv) > 2:
-        pytest.skip("a repeated flag is one list: 'happy' and '' name happy")
     assert_usage_error(capsys, tmp_path / "missing", argv, message)
     with pytest.raises(UsageError, match="is empty"):
-        query.Filters.make(**{argv[0][2:]: argv[1]})
+        query.Filters.make(**{argv[0][2:]: argv[1::2]})
 
 
 @pytest.mark.parametrize("pattern, message", [

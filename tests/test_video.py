@@ -94,7 +94,9 @@ def test_label_rows_per_sampled_frame_and_face(videos, tmp_path, capsys):
         assert all(r["face_source"] == "no-face" and r["label"] is None and r["error"] is None for r in empty)
         assert all((r["image_width"], r["image_height"]) == (320, 240) for r in rs)
     cut = by["cut.avi"]
-    assert cut[-1]["error"].startswith("video ends early") and cut[-1]["frame_index"] == cut[-1]["frame_index"] > 0
+    read = int(cut[-1]["error"].split(": ", 1)[1].split(" of ")[0])  # "video ends early: N of M frames read"
+    assert cut[-1]["error"].startswith("video ends early") and cut[-1]["frame_index"] == read > 0
+    assert cut[-2]["frame_index"] < read <= cut[-2]["frame_index"] + 5  # the last sampled frame was read
     assert all(r["error"] is None and r["label"] for r in cut[:-1]) and len(cut) >= 2
     (bad,) = by["garbage.mov"]
     assert bad["error"].startswith("cannot decode video") and bad["frame_index"] is None
