@@ -216,7 +216,8 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
     per_block = job.block_objects(todo)  # objects; small runs cut theirs smaller (block_size)
     left_out = sum(not_images.values())
     say(f"fer-ray label: run {run_id}: {len(listing)} objects listed in {job.source}"
-        + (f" ({left_out} other files left out: {_by_ext(not_images)})" if left_out else "") + ", "
+        + (f" ({left_out} left out, neither images nor videos or unreadable: {_by_ext(not_images)})"
+           if left_out else "") + ", "
         f"{len(listing) - len(todo_all)} already labeled, {len(staged_keys)} resumed from staging, "
         f"{len(todo)} to label with {job.model_id}" + (" on Ray" if on_ray else " in this process" if todo else ""))
 
@@ -434,7 +435,7 @@ def summary_text(m: dict) -> str:
         f"{m.get('objects')} labeled in this run" + (f" ({m['resumed_objects']} resumed)" if m.get("resumed_objects") else ""),
         *([f"  videos     {m['videos']} ({m.get('video_frames')} frames sampled at {m.get('video_fps')} fps)"]
           if m.get("videos") else []),
-        *([f"  left out   {sum(m['not_images'].values())} files that are neither images nor videos: "
+        *([f"  left out   {sum(m['not_images'].values())} (neither images nor videos, or unreadable folders): "
            f"{_by_ext(m['not_images'])}"] if m.get("not_images") else []),
         f"  rows       {m.get('rows')} ({m.get('faces_labeled')} labeled faces, {m.get('error_rows')} error rows)",
     ]

@@ -69,7 +69,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS, reduce_to: int | None = No
             img = Image.open(io.BytesIO(data))
             check_size(*img.size, max_pixels)
             full = img.size
-            k = _reduction(*full, reduce_to) if img.format == "JPEG" else 1
+            k = jpeg_reduction(*full, reduce_to) if img.format == "JPEG" else 1
             if k > 1:
                 img.draft(img.mode, (-(-full[0] // k), -(-full[1] // k)))
             img.seek(0)
@@ -104,7 +104,7 @@ def full_size(img: Image.Image) -> tuple[int, int]:
     return img.info.get(FULL_SIZE, img.size)
 
 
-def _reduction(width: int, height: int, reduce_to: int | None) -> int:
+def jpeg_reduction(width: int, height: int, reduce_to: int | None) -> int:
     """The largest JPEG scale-down (1, 2, 4 or 8) that keeps the longer side >= reduce_to."""
     if not reduce_to:
         return 1
@@ -134,7 +134,7 @@ def _decode_plain(data: bytes, max_pixels: int, reduce_to: int | None = None) ->
         return None
     import cv2
 
-    k = _reduction(*size, reduce_to) if data.startswith(b"\xff\xd8") else 1
+    k = jpeg_reduction(*size, reduce_to) if data.startswith(b"\xff\xd8") else 1
     flag = cv2.IMREAD_UNCHANGED  # UNCHANGED: no EXIF rotation
     if k > 1:  # reduced decoding comes in colour only; the plain JPEGs here carry no EXIF anyway
         flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[k]

@@ -27,7 +27,7 @@ from ray import serve
 
 from .emotions import EMOTIONS
 from .errors import one_line
-from .preprocess import MAX_PIXELS, PHOTO_SIDE, DecodeError, _reduction, decode, full_size
+from .preprocess import MAX_PIXELS, PHOTO_SIDE, DecodeError, jpeg_reduction, decode, full_size
 
 # Ray Serve gives its HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core
 # machine a new proxy process takes longer than that to start, and serve.start fails after
@@ -170,7 +170,7 @@ def _decoded_pixels(data: bytes) -> int:
         return 0
     if width * height > MAX_PIXELS:
         return 0
-    k = _reduction(width, height, PHOTO_SIDE) if fmt == "JPEG" else 1
+    k = jpeg_reduction(width, height, PHOTO_SIDE) if fmt == "JPEG" else 1
     return -(-width // k) * -(-height // k)
 
 

@@ -31,7 +31,7 @@ def read_manifest(uri: str) -> list[str]:
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else os.path.dirname(os.path.abspath(path))
     out = []
     for item in items:
-        item = item[len("file://"):] if item.startswith("file://") else item
+        item = item.removeprefix("file://")
         if not storage.is_s3(item) and not os.path.isabs(item):
             item = storage.join(base, item)  # relative entries are relative to the manifest's folder
         out.append(item if storage.is_s3(item) else _normal_path(item))

@@ -403,7 +403,7 @@ def _path_entry(path: str) -> tuple[str, dict]:
     return printable_path(path), _local_info(functools.partial(os.stat, path))
 
 
-def local_object(path: str) -> "ObjectInfo":
+def local_object(path: str) -> ObjectInfo:
     """One local path (a manifest entry) as a folder's listing gives it."""
     return object_info(*_path_entry(path))
 

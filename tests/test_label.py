@@ -283,7 +283,7 @@ def test_label_s3_to_s3_every_row(ray_local, bucket, capsys):
     listing = storage.list_objects(src)
     assert len(listing) == 200 + len(cat)
     assert "run first" in out and f"{len(listing)} labeled in this run" in out and "errors" in out
-    assert "left out   1 files that are neither images nor videos: .txt 1" in out
+    assert "left out   1 (neither images nor videos, or unreadable folders): .txt 1" in out
     (marker,) = runs.committed_runs(dest)
     t = _read(dest)
     _once(t, listing)

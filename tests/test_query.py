@@ -596,13 +596,15 @@ def test_bad_path_globs_are_refused(tmp_path, capsys, pattern, message):
 
 
 def test_path_glob_sets_match_like_fnmatch():
+    """In RE2 (the scan's regex engine, unlike Python's re) '[:' inside a set starts a class."""
     import fnmatch
-    import re
+
+    import pyarrow.compute as pc
 
     names = ["[x", "x", ":", "a", "]", "b]", "\\", "-", "p"]
     for g in ["[[]x", "[[:a]", "[]]", "[!]]", "[!a]]", "[\\]", "[a-]", "[]-a]", "[[:alpha:]]"]:
-        rx = re.compile(query.glob_to_regex(g))
-        assert [n for n in names if rx.match(n)] == [n for n in names if fnmatch.fnmatchcase(n, g)], g
+        hits = pc.match_substring_regex(pa.array(names), query.glob_to_regex(g)).to_pylist()
+        assert [n for n, hit in zip(names, hits) if hit] == [n for n in names if fnmatch.fnmatchcase(n, g)], g
 
 
 @pytest.mark.parametrize("sql", [

@@ -78,7 +78,7 @@ def test_label_rows_per_sampled_frame_and_face(videos, tmp_path, capsys):
     dest = str(tmp_path / "out")
     assert cli.main(["label", str(videos), dest, "--no-progress", "--no-ray"]) == 0
     out = capsys.readouterr().out
-    assert "videos     4 (" in out and "left out   1 files that are neither images nor videos: .txt 1" in out
+    assert "videos     4 (" in out and "left out   1 (neither images nor videos, or unreadable folders): .txt 1" in out
     (m,) = runs.committed_runs(dest)
     assert (m["objects"], m["videos"], m["video_fps"], m["not_images"]) == (4, 4, 2.0, {".txt": 1})
     rows = _rows(dest)
