@@ -43,6 +43,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 
+TUNED: dict = {}  # --tune: LabelConfig settings every labeling run here gets
+
+
 def face_crop(seed: int, size: int = 48) -> np.ndarray:
     """A 48x48 face crop framed like FER-2013: the face in matplotlib's public-domain portrait of
     Grace Hopper, moved, zoomed and lit a little differently per seed (what detection sees in a
@@ -178,10 +181,11 @@ def model_rate(blobs, threads: int, args_workers=None, batch: int = 256, seconds
 
     torch.set_num_threads(threads)
     per_actor = len(blobs) / (args_workers or os.cpu_count())
-    rec = Recognizer(freeze=per_actor >= label.TUNING["freeze_min_images"])
+    cfg = label.LabelConfig(**TUNED)
+    rec = Recognizer(freeze=per_actor >= cfg.freeze_min_images)
     b, model = rec.bundle, rec.model
     px = np.stack([preprocess.to_gray48(preprocess.decode(x)) for x in blobs[:batch]])
-    chunk = int(label.TUNING["forward_chunk"])
+    chunk = cfg.forward_chunk
     with torch.inference_mode():
         model(b.inputs(px[:chunk]))
         n, c, t = 0, tree_cpu(), time.perf_counter()
@@ -302,7 +306,7 @@ def job(source, dest, args, faces="crop", on_ray=True) -> dict:
 
     c = tree_cpu()
     m = label.run(source, dest, batch_size=args.batch_size, workers=args.workers if on_ray else None,
-                  progress=False, echo=lambda *_: None, faces=faces, ray=on_ray)
+                  progress=False, echo=lambda *_: None, faces=faces, ray=on_ray, **TUNED)
     m["cpu_us_per_image"] = (tree_cpu() - c) / max(1, m["objects"]) * 1e6
     return m
 
@@ -390,11 +394,9 @@ def load_avg() -> str:
 
 
 def main_speed(args):
-    from fer_ray import label
 
     tmp = args.tmp
-    for k, v in args.tune.items():
-        label.TUNING[k] = v
+    TUNED.update(args.tune)
     folder = os.path.join(tmp, "images")
     t, names = timed(generate, folder, args.n)
     print(f"generated {args.n} JPEGs (48x48) in {folder} in {t:.1f}s; cores={os.cpu_count()} load={load_avg()}")
@@ -518,10 +520,8 @@ def main_memory(args):
     t, _ = timed(generate, folder, sizes[-1])
     print(f"generated {sizes[-1]} JPEGs in {t:.1f}s (10,000 a sub-folder)")
     ray_init(args)
-    from fer_ray import label
 
-    for k, v in args.tune.items():
-        label.TUNING[k] = v
+    TUNED.update(args.tune)
     print(f"{'images':>8s} {'peak PSS, all processes':>24s} {'processes':>9s} {'driver peak RSS':>16s} "
           f"{'img/s':>7s} {'steady img/s':>12s} {'CPU us/img':>10s}")
     done, rows = [], []
@@ -578,7 +578,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="job runs per source (best is printed)")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--memory", default=None, metavar="N1,N2", help="peak-memory mode, e.g. 10000,50000")
-    ap.add_argument("--tune", action="append", metavar="KEY=VALUE", help="fer_ray.label.TUNING override")
+    ap.add_argument("--tune", action="append", metavar="KEY=VALUE", help="a LabelConfig tuning setting (config.py), e.g. calls_per_actor=1")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     ap.add_argument("--busy", type=int, default=0, metavar="K",

@@ -1,9 +1,11 @@
-"""The training config: one table of every setting, with its default, type, choices and help.
+"""The two config tables: every setting of training and of labeling, with its default, type,
+choices and help.
 
 `fer-ray train`'s flags, the keys a YAML config file may hold, the resolved `config.yaml` saved
-beside each run and the settings `loop.fit` reads all come from `TrainConfig`. Checks here need
-nothing but the values; those that look at the world (does --data exist, does the architecture
-take these args, is --teacher a bundle) live with the job in train.py.
+beside each run and the settings `loop.fit` reads all come from `TrainConfig`; `fer-ray label`'s
+flags, what `label.run` takes, and the `config` a run's commit marker records from `LabelConfig`.
+Checks here need nothing but the values; those that look at the world (does --data exist, does
+the architecture take these args, is --teacher a bundle) live with the jobs (train.py, label.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from . import augment as aug
 from .errors import UsageError
+from .schema import FACE_MODES
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "plateau")
@@ -126,11 +129,95 @@ class TrainConfig:
 
 
 KEYS = tuple(f.name for f in fields(TrainConfig))
+PRECISIONS = ("auto", "fp32", "int8")
 
 
-def settings():
+@dataclass
+class LabelConfig:
+    """How a labeling run labels (what it labels, SOURCE and DEST, are the job's). The fields with
+    flag=False are measured tuning (benchmarks/bench_label.py): settable from Python and recorded
+    in every run's marker like the rest, not on the command line."""
+
+    model: str | None = _setting(None, str, "fast, accurate (the shipped models), a bundle folder or s3:// URI; "
+                                 "default: fast on CPU, accurate with --gpu", metavar="BUNDLE")
+    faces: str = _setting("auto", str, "auto: face crops framed like FER-2013 go in as they are, every face found in a "
+                          "photo is aligned (a photo without one: a no-face row, no label); crop: each image is one "
+                          "face; detect: only detected faces, one row each", choices=FACE_MODES)
+    video_fps: float = _setting(2.0, float, "videos (.mp4 .avi .mov .mkv .webm): frames sampled per second, each a row "
+                                "per face with frame_index and timestamp_s", metavar="F")
+    incremental: bool = _setting(False, bool, "label only objects (key + ETag/size) not in a committed run under DEST")
+    batch_size: int | None = _setting(None, int, "objects per batch, one labeling call in a worker (default: about "
+                                      "2.5 s of work, 4096 face crops or 1024 photos)", metavar="N")
+    workers: int | None = _setting(None, int, "labeling actors (default: one per CPU, or one per GPU with --gpu)",
+                                   metavar="N")
+    gpu: bool = _setting(False, bool, "run the model on GPUs (one actor per GPU)")
+    ray: bool | None = _setting(None, bool, "label with a Ray actor pool (--ray) or in this process with the same code "
+                                "(--no-ray); default: Ray for large runs, --workers, --gpu or a cluster (RAY_ADDRESS), "
+                                "this process for runs small enough that starting Ray would cost more than it saves")
+    lease_seconds: float = _setting(300.0, float, "one run at a time per DEST: a run holds DEST/_lease.json, renewed "
+                                    "while it runs; a crashed run's lease blocks others for at most S seconds",
+                                    metavar="S")
+    tta: bool = _setting(False, bool, "test-time augmentation: mean over 10 views of each face (about 10x the model's work)")
+    precision: str = _setting("auto", str, "auto: int8 on CPU when the model is calibrated for it, else fp32",
+                              choices=PRECISIONS)
+    run_id: str | None = _setting(None, str, "name the run (default: UTC time + random suffix)", metavar="ID")
+    progress: bool = _setting(True, bool, "progress bars")
+    # -- tuning, measured by benchmarks/bench_label.py (figures in docs/benchmarks.md)
+    calls_per_actor: int = _setting(2, int, "batches in flight in one actor: one fetches while the other computes",
+                                    flag=False)
+    tasks_in_flight: int = _setting(4, int, "batches queued per actor by Ray Data", flag=False)
+    cpu_fraction: float = _setting(0.9, float, "share of its CPUs an actor reserves: never all (a 2-core pool that "
+                                   "holds every CPU hangs)", flag=False)
+    forward_chunk: int = _setting(64, int, "faces per forward call in a 1-thread actor on CPU (cache-friendly)",
+                                  flag=False)
+    batch_here: int = _setting(256, int, "faces per forward call when labeling in this process with every core",
+                               flag=False)
+    blocks_here: int = _setting(16, int, "... and at least this many blocks in a run there", flag=False)
+    model_threads_here: int = _setting(2, int, "... and forward passes at once there (one per core at most; GPU: one)",
+                                       flag=False)
+    fetch_threads: int = _setting(16, int, "GETs or local reads in flight per batch", flag=False)
+    freeze_min_images: int = _setting(20_000, int, "TorchScript for the CPU model from this many images per actor or "
+                                      "process on (5-25 % less CPU an image, 1-3 CPU-s to compile)", flag=False)
+    in_process_seconds: float = _setting(30.0, float, "a run goes to Ray when its estimated work here exceeds this "
+                                         "(starting Ray and a pool costs ~10-15 s on a small machine)", flag=False)
+    seconds_per_object: dict = _setting({"crop": 0.0006, "auto": 0.01, "detect": 0.01, "video": 5.0}, dict,
+                                        "estimated labeling seconds of one object here, per faces mode", flag=False)
+    auto_crop_bytes: int = _setting(64 << 10, int, "in auto, objects this small are most likely face crops, which "
+                                    "the framer reads (no detector) ...", flag=False)
+    seconds_per_auto_crop: float = _setting(0.0008, float, "... at about this many seconds each", flag=False)
+
+    def __post_init__(self):
+        for f in fields(self):
+            setattr(self, f.name, _typed(f, getattr(self, f.name)))
+        self.check()
+
+    def check(self) -> None:
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise UsageError(msg)
+
+        need(self.batch_size is None or self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        need(self.workers is None or self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        need(0 < self.video_fps <= 240, f"video fps must be in (0, 240], got {self.video_fps}")
+        need(self.lease_seconds > 0, f"lease seconds must be > 0, got {self.lease_seconds}")
+        need(0 < self.cpu_fraction <= 1, f"cpu fraction must be in (0, 1], got {self.cpu_fraction}")
+        need(min(self.calls_per_actor, self.tasks_in_flight, self.forward_chunk, self.batch_here, self.blocks_here,
+                 self.model_threads_here, self.fetch_threads) >= 1, "tuning counts must be >= 1")
+        if self.run_id is not None:
+            from .runs import check_run_id
+
+            try:
+                check_run_id(self.run_id)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def settings(table=TrainConfig):
     """(name, default, kind, help, choices, metavar, flag) of every setting, in table order."""
-    for f in fields(TrainConfig):
+    for f in fields(table):
         default = f.default_factory() if f.default is MISSING else f.default
         m = f.metadata
         yield f.name, default, m["kind"], m["help"], m["choices"], m["metavar"], m["flag"]
@@ -163,6 +250,8 @@ def _typed(f, value):
     }[kind]
     if not ok:
         raise UsageError(f"{name} must be {_KIND_WORDS[kind]}, got {value!r}")
+    if kind is dict:
+        return copy.deepcopy(value)
     if f.metadata["choices"] and value not in f.metadata["choices"]:
         raise UsageError(f"{name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
     return float(value) if kind is float else value

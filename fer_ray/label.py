@@ -22,77 +22,43 @@ import time
 import pyarrow as pa
 
 from . import __version__, faces as faces_mod, placement, runs, storage
-from .errors import FerRayError, one_line
+from .config import LabelConfig
+from .errors import FerRayError, UsageError, one_line
 from .labeler import INPUT_SCHEMA, Labeler
 from .sources import key, list_source, listing_digest, not_labeled
-from .video import DEFAULT_FPS, is_video
+from .video import is_video
 
 # Objects per Ray Data block, which is one labeling call in an actor (the model runs it in chunks
-# of TUNING["forward_chunk"]), unless --batch-size says: about BLOCK_SECONDS of work by the
-# estimates in TUNING, within BLOCK_OBJECTS. Per-block costs (Ray's hand-offs, the driver's
+# of LabelConfig.forward_chunk), unless --batch-size says: about BLOCK_SECONDS of work by the
+# estimates in LabelConfig, within BLOCK_OBJECTS. Per-block costs (Ray's hand-offs, the driver's
 # Parquet writes) made blocks of 1,024 crops run ~1.15x faster than 256 at steady state, and
 # 4,096 ~1.07x faster than 1,024 (docs/benchmarks.md). Photos stay at 1,024: there a block is
 # ten seconds of work already, and what Ray redoes when an actor dies.
 BLOCK_OBJECTS = (1024, 4096)
 BLOCK_SECONDS = 2.5
 
-# Knobs measured by benchmarks/bench_label.py (see the README for the figures behind the defaults).
-TUNING = {
-    "calls_per_actor": 2,  # batches in flight in one actor: one fetches while the other computes
-    "tasks_in_flight": 4,  # batches queued per actor by Ray Data
-    "cpu_fraction": 0.9,  # share of its CPUs an actor reserves: never all of them (2-core hang)
-    "forward_chunk": 64,  # images per forward call on CPU in a 1-thread actor (cache-friendly activations)
-    "batch_here": 256,  # images per forward call when labeling in this process with every core
-    "blocks_here": 16,  # ... and at least this many blocks in a run there (blocks of >= batch_here)
-    "model_threads_here": 2,  # ... and forward passes at once there (at most one per core; on GPU one)
-    "fetch_threads": 16,  # GETs / local reads in flight per batch
-    # TorchScript for the model on CPU (Recognizer freeze=True): 5-25% less CPU per image, but ~1-3
-    # CPU-seconds to compile in each actor or process, so only from this many images each on
-    "freeze_min_images": 20_000,
-    # Small runs label in this process with the same Labeler: starting Ray and an actor pool
-    # costs ~10-15 s on a small machine, more than a few thousand images take. A run goes to Ray
-    # when its estimated work here (objects x seconds per object for its faces mode; x10 with
-    # TTA) exceeds this many seconds.
-    "in_process_seconds": 30.0,
-    "seconds_per_object": {"crop": 0.0006, "auto": 0.01, "detect": 0.01, "video": 5.0},
-    # ... except that in `auto` a small object is most likely a face crop, which the framer reads
-    # (no detector): it costs about what `crop` costs
-    "auto_crop_bytes": 64 << 10,
-    "seconds_per_auto_crop": 0.0008,
-}
-
-
 @dataclasses.dataclass
 class Job:
-    """What a labeling run was asked to do (the CLI's flags), resolved."""
+    """A labeling run: what (SOURCE, DEST), with which model (resolved), and how (LabelConfig)."""
 
     source: str
     dest: str
-    model: str | None  # as given (None: the shipped default)
     model_uri: str
     model_id: str
-    faces: str = "auto"
-    incremental: bool = False
-    batch_size: int | None = None  # objects per block; None: by block_objects()
-    workers: int | None = None
-    gpu: bool = False
-    precision: str = "auto"
-    tta: bool = False
-    progress: bool = True
-    ray: bool | None = None  # None: Ray for large runs, this process for small ones
-    video_fps: float = DEFAULT_FPS
+    precision: str  # as the model loads: auto, fp32 or int8
+    cfg: LabelConfig
 
     def uses_ray(self, todo: list) -> bool:
-        if self.ray is not None:
-            return self.ray
-        if self.gpu or self.workers is not None or os.environ.get("RAY_ADDRESS"):
+        if self.cfg.ray is not None:
+            return self.cfg.ray
+        if self.cfg.gpu or self.cfg.workers is not None or os.environ.get("RAY_ADDRESS"):
             return True  # asked for actors, or submitted to a cluster
-        return self.work_seconds(todo) > TUNING["in_process_seconds"]
+        return self.work_seconds(todo) > self.cfg.in_process_seconds
 
     def block_objects(self, todo: list) -> int:
         """Objects per block: --batch-size, or about BLOCK_SECONDS of estimated work."""
-        if self.batch_size:
-            return self.batch_size
+        if self.cfg.batch_size:
+            return self.cfg.batch_size
         each = self.work_seconds(todo) / max(1, len(todo))
         if not each:  # nothing to label
             return BLOCK_OBJECTS[0]
@@ -100,15 +66,23 @@ class Job:
 
     def work_seconds(self, todo: list) -> float:
         """Estimated labeling time of these objects in this process."""
-        return sum(map(self._seconds, todo)) * (10 if self.tta else 1)
+        return sum(map(self._seconds, todo)) * (10 if self.cfg.tta else 1)
 
     def _seconds(self, obj) -> float:
         """Estimated labeling time of one listed object in this process."""
+        cfg = self.cfg
         if is_video(obj.uri):
-            return TUNING["seconds_per_object"]["video"]
-        if self.faces == "auto" and 0 <= obj.size <= TUNING["auto_crop_bytes"]:
-            return TUNING["seconds_per_auto_crop"]
-        return TUNING["seconds_per_object"].get(self.faces, 0.01)
+            return cfg.seconds_per_object["video"]
+        if cfg.faces == "auto" and 0 <= obj.size <= cfg.auto_crop_bytes:
+            return cfg.seconds_per_auto_crop
+        return cfg.seconds_per_object.get(cfg.faces, 0.01)
+
+    def labeler_args(self, run_id: str, **placement) -> dict:
+        """What a Labeler is built with: the model, the run and the settings it reads."""
+        cfg = self.cfg
+        return dict(model_uri=self.model_uri, model_id=self.model_id, run_id=run_id, faces=cfg.faces, gpu=cfg.gpu,
+                    precision=self.precision, tta=cfg.tta, fetch_threads=cfg.fetch_threads, video_fps=cfg.video_fps,
+                    **placement)
 
 
 # ---------------------------------------------------------------------------- the driver side
@@ -122,7 +96,7 @@ def _ray_init():
     return ray
 
 
-def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, float]:
+def plan_workers(ray, workers: int | None, gpu: bool, cpu_fraction: float = 0.9) -> tuple[int, float, int, float]:
     """(actors, CPUs reserved per actor, torch threads per actor, GPUs per actor).
 
     One actor per CPU core, each running torch with one thread (two small models side by side
@@ -138,53 +112,41 @@ def plan_workers(ray, workers: int | None, gpu: bool) -> tuple[int, float, int, 
         gpus = int(res.get("GPU", 0))
         if gpus < 1:
             raise FerRayError("--gpu given but the Ray cluster has no GPU")
-        n = workers or max(gpus, min(int(cpus * TUNING["cpu_fraction"]), 8 * gpus))
+        n = workers or max(gpus, min(int(cpus * cpu_fraction), 8 * gpus))
         share = cpus / n
-        return n, max(0.01, round(min(1.0, share) * TUNING["cpu_fraction"], 2)), 1, int(gpus / n * 1000) / 1000
+        return n, max(0.01, round(min(1.0, share) * cpu_fraction, 2)), 1, int(gpus / n * 1000) / 1000
     n = workers or max(1, int(cpus))
     share = min(cpus / n, placement.largest_node_cpus(ray, cpus))
     threads = max(1, int(share))
-    return n, max(0.01, round(min(float(threads), share) * TUNING["cpu_fraction"], 2)), threads, 0.0
+    return n, max(0.01, round(min(float(threads), share) * cpu_fraction, 2)), threads, 0.0
 
 
-def run(source, dest, model=None, faces="auto", incremental=False, batch_size=None, workers=None,
-        gpu=False, run_id=None, progress=True, echo=None, precision="auto", tta=False,
-        lease_seconds: float = 300.0, ray: bool | None = None, video_fps: float = DEFAULT_FPS) -> dict:
+def run(source, dest, config: LabelConfig | None = None, echo=None, **settings) -> dict:
     """Label every image and video under SOURCE into DEST; returns the commit marker (the run's
-    summary). Videos are sampled at `video_fps` frames per second."""
+    summary). `config` (a LabelConfig) and/or its settings by name: `run(src, dest, faces="crop")`."""
     from . import bundle
 
     t0 = time.monotonic()
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        cfg = dataclasses.replace(config, **settings) if config else LabelConfig(**settings)
+    except TypeError as exc:  # a setting that is not in the table
+        raise UsageError(f"label: {exc}") from None
     source, dest = str(source), str(dest)
-    if faces not in faces_mod.MODES:
-        raise FerRayError(f"unknown faces mode {faces!r} (choose from {', '.join(faces_mod.MODES)})")
-    if (batch_size is not None and batch_size < 1) or (workers is not None and workers < 1):
-        raise FerRayError("batch size and workers must be >= 1")
-    if not 0 < video_fps <= 240:
-        raise FerRayError(f"video fps must be in (0, 240], got {video_fps}")
-    if run_id is not None:
-        try:
-            runs.check_run_id(run_id)
-        except ValueError as exc:
-            raise FerRayError(str(exc)) from None
-    if precision not in bundle.PRECISIONS:
-        raise FerRayError(f"precision must be one of {', '.join(bundle.PRECISIONS)}, got {precision!r}")
-    model_uri = model or bundle.default_path(gpu)
-    checked = bundle.load(model_uri, gpu=gpu, precision=precision)  # validates before any work
+    model_uri = cfg.model or bundle.default_path(cfg.gpu)
+    checked = bundle.load(model_uri, gpu=cfg.gpu, precision=cfg.precision)  # validates before any work
     precision = checked.precision if checked.precision in bundle.PRECISIONS else "auto"  # ensembles: auto
-    if faces != "crop":
-        _check_detector(faces)
-    job = Job(source, dest, model, model_uri, checked.model_id, faces, incremental, batch_size, workers, gpu,
-              precision, tta, progress, ray, float(video_fps))
+    if cfg.faces != "crop":
+        _check_detector(cfg.faces)
+    job = Job(source, dest, model_uri, checked.model_id, precision, cfg)
 
     with runs.terminate_as_interrupt():
-        return _run_with_lease(job, runs.Dest(dest), lease_seconds, run_id, say, t0, checked)
+        return _run_with_lease(job, runs.Dest(dest), say, t0, checked)
 
 
-def _run_with_lease(job: Job, d, lease_seconds: float, run_id, say, t0, checked) -> dict:
-    dest = job.dest
-    lease = runs.Lease(d, lease_seconds, run=run_id or "")
+def _run_with_lease(job: Job, d, say, t0, checked) -> dict:
+    dest, run_id = job.dest, job.cfg.run_id
+    lease = runs.Lease(d, job.cfg.lease_seconds, run=run_id or "")
     try:
         lease.acquire()  # one run at a time per DEST: two would both label what is new
     except runs.LeaseHeld as exc:
@@ -204,9 +166,10 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
     not_images = collections.Counter()  # what the listing left out (neither image nor video), by extension
     listing = list_source(job.source, skipped=not_images)
     started = runs.utcnow()
-    todo_all = not_labeled(listing, job.dest) if job.incremental else listing
-    info = {"run_id": run_id, "source": job.source, "dest": job.dest, "model_id": job.model_id, "faces": job.faces,
-            "video_fps": job.video_fps, "started_at": started, "incremental": job.incremental}
+    cfg = job.cfg
+    todo_all = not_labeled(listing, job.dest) if cfg.incremental else listing
+    info = {"run_id": run_id, "source": job.source, "dest": job.dest, "model_id": job.model_id, "faces": cfg.faces,
+            "video_fps": cfg.video_fps, "started_at": started, "incremental": cfg.incremental}
     try:
         run_id, parts, staged_keys = runs.start(d, info, want={key(o) for o in todo_all})
     except ValueError as exc:
@@ -267,9 +230,9 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         tally.add_files(runs.staged_uris(d, run_id, parts), job.dest)
     marker = {
         "run_id": run_id, "started_at": started, "source": job.source, "dest": job.dest,
-        "model_id": job.model_id, "model": job.model or "shipped:" + os.path.basename(job.model_uri),
-        "faces": job.faces, "video_fps": job.video_fps, "precision": job.precision, "tta": bool(job.tta), "ray": on_ray,
-        "incremental": job.incremental, "objects_listed": len(listing),
+        "model_id": job.model_id, "model": cfg.model or "shipped:" + os.path.basename(job.model_uri),
+        "faces": cfg.faces, "video_fps": cfg.video_fps, "precision": job.precision, "tta": cfg.tta, "ray": on_ray,
+        "incremental": cfg.incremental, "objects_listed": len(listing),
         "objects_skipped": len(listing) - len(todo_all), "objects": counts["objects"], "rows": counts["rows"],
         "not_images": dict(sorted(not_images.items())),
         "videos": sum(is_video(o.uri) for o in todo), "video_frames": counts["frames"],
@@ -277,6 +240,7 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         "resumed_objects": len(staged_keys), "listing_digest": listing_digest(listing),
         **rates,
         "batch_size": per_block, "fer_ray_version": __version__,
+        "config": dict(cfg.to_dict(), run_id=run_id),  # every setting the run ran with
     }
     lease.check()
     try:
@@ -330,7 +294,7 @@ def _uri_table(chunk) -> pa.Table:
 def label_here(todo, job: Job, run_id: str, loaded, per_block: int):
     """The labeling stage in this process: the Labeler an actor runs, over the same batches, with
     the bundle the driver already loaded. The stages overlap: this thread fetches, decodes and
-    frames the next batch while TUNING["model_threads_here"] others run the model on the last ones
+    frames the next batch while `model_threads_here` others run the model on the last ones
     (torch releases the GIL), the cores split between them. The model is the slower stage on CPUs
     without fast int8 units, so it gets every core; split, no core waits for another at each
     layer while decoding takes its turn (2 cores, 20,000 crops: 1.27x faster at steady state than
@@ -340,13 +304,12 @@ def label_here(todo, job: Job, run_id: str, loaded, per_block: int):
 
     from .placement import available_cores
 
+    cfg = job.cfg
     cores = available_cores()
-    k = 1 if job.gpu else max(1, min(int(TUNING["model_threads_here"]), cores))
-    stage = Labeler(job.model_uri, job.model_id, run_id, faces=job.faces, threads=max(1, cores // k),
-                    gpu=job.gpu, forward_chunk=int(TUNING["batch_here"]), fetch_threads=int(TUNING["fetch_threads"]),
-                    precision=job.precision, tta=job.tta, loaded=loaded, video_fps=job.video_fps, overlap=k,
-                    freeze=len(todo) >= TUNING["freeze_min_images"])
-    size = block_size(len(todo), per_block, int(TUNING["batch_here"]), int(TUNING["blocks_here"]))
+    k = 1 if cfg.gpu else max(1, min(cfg.model_threads_here, cores))
+    stage = Labeler(**job.labeler_args(run_id, threads=max(1, cores // k), forward_chunk=cfg.batch_here,
+                                       loaded=loaded, overlap=k, freeze=len(todo) >= cfg.freeze_min_images))
+    size = block_size(len(todo), per_block, cfg.batch_here, cfg.blocks_here)
     with cf.ThreadPoolExecutor(k, thread_name_prefix="model") as model:
         pending = collections.deque()
         for chunk in blocks(todo, size):
@@ -380,8 +343,9 @@ def build_dataset(ray, todo, job: Job, run_id: str, per_block: int):
 
     from ray.data import ActorPoolStrategy, DataContext
 
-    DataContext.get_current().enable_progress_bars = bool(job.progress)
-    n, cpus, threads, gpus = plan_workers(ray, job.workers, job.gpu)
+    cfg = job.cfg
+    DataContext.get_current().enable_progress_bars = cfg.progress
+    n, cpus, threads, gpus = plan_workers(ray, cfg.workers, cfg.gpu, cfg.cpu_fraction)
     # Blocks of hundreds of URIs (no per-file read tasks), one block = one batch; small jobs get
     # smaller blocks so that every actor has work and the tail is short (>= 4 blocks per actor).
     block = block_size(len(todo), per_block, 32, 4 * n)
@@ -396,23 +360,19 @@ def build_dataset(ray, todo, job: Job, run_id: str, per_block: int):
            if os.environ.get(k)}
     if env and os.environ.get("RAY_ADDRESS"):  # a remote cluster: tell its workers where S3 is
         remote["runtime_env"] = {"env_vars": env}
-    calls = int(TUNING["calls_per_actor"])
+    calls = cfg.calls_per_actor
     with warnings.catch_warnings():  # max_task_retries has no named parameter (yet)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         ds = ds.map_batches(
             Labeler,
-            fn_constructor_kwargs=dict(model_uri=job.model_uri, model_id=job.model_id, run_id=run_id, faces=job.faces,
-                                       threads=threads, gpu=job.gpu, precision=job.precision, tta=job.tta,
-                                       forward_chunk=int(TUNING["forward_chunk"]),
-                                       fetch_threads=int(TUNING["fetch_threads"]),
-                                       freeze=len(todo) / n >= TUNING["freeze_min_images"],
-                                       video_fps=job.video_fps),
+            fn_constructor_kwargs=job.labeler_args(run_id, threads=threads, forward_chunk=cfg.forward_chunk,
+                                                   freeze=len(todo) / n >= cfg.freeze_min_images),
             batch_size=None,  # one block, one batch: blocks() decided what goes together
             batch_format="pyarrow",
             zero_copy_batch=True,
             compute=ActorPoolStrategy(
                 size=n,
-                max_tasks_in_flight_per_actor=max(int(TUNING["tasks_in_flight"]), calls),
+                max_tasks_in_flight_per_actor=max(cfg.tasks_in_flight, calls),
                 max_concurrent_calls_per_actor=calls,
                 enable_true_multi_threading=calls > 1,
             ),

@@ -166,7 +166,7 @@ def to_image(image, channels: str = "BGR", name: str = "image"):
         raise ValueError(f"channels must be 'BGR' or 'RGB', got {channels!r}")
     try:
         if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
+            path = storage.check_uri(os.fspath(image))
             data = storage.read_bytes(path) if storage.is_s3(path) else storage.read_local(path)
             return preprocess.decode(data, reduce_to=preprocess.PHOTO_SIDE)
         if isinstance(image, (bytes, bytearray, memoryview)):

@@ -43,6 +43,7 @@ LABEL_SCHEMA = pa.schema(
 
 
 NO_FACE = "no-face"
+FACE_MODES = ("auto", "crop", "detect")  # --faces: fer_ray.faces.framing says what each does
 
 
 def error_reason(error: str) -> str:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import fsspec
 
+from .errors import FerRayError
+
 RETRIES = 8  # attempts per S3 request (botocore and pyarrow clients), with exponential backoff
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -58,9 +60,21 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+class UnsupportedURI(FerRayError, ValueError):
+    """A URI of a scheme fer-ray does not read (http://, gs://, ...): said as such, not 'not found'."""
+
+
+def check_uri(uri: str) -> str:
+    """`uri` if it is a local path, file:// or s3://; else UnsupportedURI naming its scheme."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in ("s3", "file") and scheme.isascii() and scheme.replace("+", "").isalnum():
+        raise UnsupportedURI(f"{uri}: {scheme}:// is not supported (local paths and s3:// URIs are): download it first")
+    return uri
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path within it). s3 paths come back as 'bucket/key'."""
-    uri = str(uri)
+    uri = check_uri(str(uri))
     if is_s3(uri):
         import s3fs
 

@@ -3,7 +3,6 @@ exactly once, across crashes, killed actors and incremental re-runs."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -454,16 +453,16 @@ def test_a_local_ray_runs_its_workers_at_the_runs_own_priority():
     assert f"nice {os.nice(0)}" in out.stdout.splitlines(), out.stderr[-2000:]
 
 
-def test_forward_passes_side_by_side_in_this_process_keep_every_row_in_order(tmp_path, monkeypatch):
+def test_forward_passes_side_by_side_in_this_process_keep_every_row_in_order(tmp_path):
     for name, data in _images(0, 48).items():
         (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / name).write_bytes(data)
-    monkeypatch.setitem(label.TUNING, "batch_here", 4)  # 12 blocks of 4: several in the model at once
     out = {}
-    for k in (1, 2):
-        monkeypatch.setitem(label.TUNING, "model_threads_here", k)
-        marker = label.run(str(tmp_path / "in"), str(tmp_path / f"out{k}"), progress=False, faces="crop")
+    for k in (1, 2):  # blocks of 4: 12 of them, several in the model at once
+        marker = label.run(str(tmp_path / "in"), str(tmp_path / f"out{k}"), progress=False, faces="crop",
+                           batch_here=4, model_threads_here=k)
         assert marker["ray"] is False and marker["objects"] == 48
+        assert (marker["config"]["batch_here"], marker["config"]["model_threads_here"]) == (4, k)
         out[k] = _read(str(tmp_path / f"out{k}")).to_pylist()
     assert [r["image_path"] for r in out[2]] == [r["image_path"] for r in out[1]]
     assert len({r["image_path"] for r in out[2]}) == 48
@@ -481,7 +480,9 @@ def test_blocks_are_the_batch_size_except_in_small_runs():
     # unless --batch-size says, a block is about the same work: many crops, or fewer photos
     crops = [storage.ObjectInfo(f"/x/{i}.jpg", 2_000, "e") for i in range(10)]
     photos = [storage.ObjectInfo(f"/x/{i}.jpg", 3_000_000, "e") for i in range(10)]
-    job = functools.partial(label.Job, "/x", "/y", None, "m", "id")
+    def job(**settings):
+        return label.Job("/x", "/y", "m", "id", "auto", label.LabelConfig(**settings))
+
     assert job(faces="crop").block_objects(photos) == 4096
     assert job(faces="auto").block_objects(crops) == 3125
     assert job(faces="auto").block_objects(photos) == job(faces="detect").block_objects(crops) == 1024

@@ -130,3 +130,11 @@ def test_predict_cli_errors_are_one_line(tmp_path, capsys, argv, code, needle):
     assert cli.main(argv) == code
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error:") and needle in err
+
+
+def test_an_http_url_is_not_supported_rather_than_not_found(capsys):
+    from fer_ray import cli
+
+    assert cli.main(["predict", "http://example.com/face.jpg"]) == 1
+    err = capsys.readouterr().err
+    assert "http:// is not supported" in err and "not found" not in err and len(err.strip().splitlines()) == 1

@@ -151,3 +151,8 @@ def test_emotion_labeler_in_a_users_ray_data_pipeline(ray_local, rec, tmp_path):
     images = ray.data.read_images(str(src / "two.png"), include_paths=True)
     again = images.map_batches(EmotionLabeler, compute=ray.data.ActorPoolStrategy(size=1), batch_size=8).take_all()
     assert [r["label"] for r in again] == [w["label"] for w in want]
+
+
+def test_a_url_of_another_scheme_is_refused_by_name(rec):
+    with pytest.raises(ImageError, match=r"https:// is not supported"):
+        rec.detect_emotions("https://example.com/face.jpg")

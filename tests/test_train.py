@@ -24,10 +24,11 @@ def prepared(tmp_path_factory):
     return str(d)
 
 
-def tiny(prepared, storage_path, name, **over):
+def tiny(prepared, storage_path, name, values=None, **over):
+    """A resolved tiny config: `values` as from a config file, `over` as flags."""
     flags = {"data": prepared, "arch": "fastnet", "arch_args": TINY_ARGS, "epochs": 1, "batch_size": 32,
              "storage": storage_path, "name": name, "augment": {"erase": 0.5}, **over}
-    return train.resolve({}, flags)
+    return train.resolve(values or {}, flags)
 
 
 def one_line_error(capsys, argv, code=2):
@@ -194,44 +195,86 @@ def test_single_process_training_runs_without_ray(prepared, tmp_path):
     assert res.returncode != 0 and "blocked for this test: ray" in res.stderr
 
 
-def test_ray_train_two_workers_checkpoints_to_s3_and_resumes(ray_local, bucket, prepared):
-    cfg = tiny(prepared, f"{bucket}/runs", "ddp", workers=2, balance="sampling")
-    first = train.run(cfg)
-    assert first["epochs_run"] == 1
-    fs, root = storage.filesystem(f"{bucket}/runs/ddp")
-    states = fs.glob(f"{root}/checkpoint_*/{train.STATE_FILE}")
-    assert len(states) == 1, fs.find(root)
-    assert fs.exists(f"{root}/config.yaml") and fs.exists(f"{root}/bundle/{bundle.WEIGHTS_FILE}")
-    # re-run the same name with more epochs: picks up the checkpoint, trains only epoch 2
-    second = train.run(tiny(prepared, f"{bucket}/runs", "ddp", workers=2, balance="sampling", epochs=2))
-    assert second["epochs_run"] == 1
-    assert [h["epoch"] for h in second["history"]] == [1, 2]
-    b = bundle.load(f"{bucket}/runs/ddp/bundle")
-    assert b.meta["training"]["workers"] == 2 and len(b.meta["training"]["history"]) == 2
-    # the bundle holds the best epoch's weights: evaluated afresh they give the recorded accuracy
-    val = data.load_split(prepared, "PublicTest")
-    fresh = float((b.predict_proba(val.pixels).argmax(1).numpy() == val.labels).mean())
-    assert b.meta["metrics"]["PublicTest"]["accuracy"] == pytest.approx(fresh, abs=1.5 / len(val.labels))
-    assert len(fs.glob(f"{root}/checkpoint_*/{train.STATE_FILE}")) == 2  # checkpoints_to_keep
+def differences(a, b, path="state") -> list[str]:
+    """Where two training states differ: tensors to 1e-6, floats to 1e-6 relative, the rest
+    exactly; the per-epoch wall times (`time_s`) are not compared."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(map(str, set(a) ^ set(b)))}"]
+        return [d for k in a if k != "time_s" for d in differences(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-6)
+        return [] if same else [f"{path}: tensors differ"]
+    if isinstance(a, float) or isinstance(b, float):
+        return [] if a == pytest.approx(b, rel=1e-6, abs=1e-12) else [f"{path}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
-def dies_once(marker: str, epoch: int, rank: int):
-    """A Ray Train worker function: the real one, except that `rank` kills its own process before
-    reporting `epoch`, once (the first to rename `marker` away dies). It sleeps first: Ray Train
-    collects reports by polling its workers every 2 s, and a worker that dies right after a
-    report can take that report's checkpoint with it."""
+def ray_checkpoints(run: str) -> dict[int, dict]:
+    """{epoch: state} of the Ray Train checkpoints in a run folder (local or s3://)."""
+    import io
+
+    fs, root = storage.filesystem(run)
+    fs.invalidate_cache()  # s3fs caches listings; the run wrote behind its back
+    states = {}
+    for path in fs.glob(f"{root}/checkpoint_*/{train.STATE_FILE}"):
+        with fs.open(path, "rb") as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        assert state["epoch"] not in states, f"two checkpoints of epoch {state['epoch']} in {run}"
+        states[state["epoch"]] = state
+    return states
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train rewrites it each time it registers a checkpoint
+
+
+def dies_once(marker: str, epoch: int, rank: int, run: str, reference: str):
+    """A Ray Train worker function: the real one, except at `epoch` of the first attempt to reach it:
+
+    - rank 0 saves the state it is about to report to `reference`: what an uninterrupted run has
+      after `epoch` (DDP on CPU is deterministic: the same every run);
+    - `rank` kills its own process instead of reporting `epoch`, once (the first to rename
+      `marker` away dies), so the epoch-`epoch` checkpoint is never written.
+
+    Before dying it waits, polling with a deadline, for two files: rank 0's `reference` (so the
+    death cannot stop rank 0 before it saved it), and Ray Train's <run>/checkpoint_manager_snapshot.json
+    naming the epoch-(`epoch` - 1) checkpoint as the latest. Ray Train collects reports by
+    polling its workers, and a worker that dies before its report of epoch - 1 was collected can
+    take that checkpoint with it; the snapshot is written once the checkpoint is registered.
+    Then it writes "died" into the claimed marker and exits."""
 
     def worker(loop_config):
         import time
 
+        from fer_ray import storage as worker_storage
         from fer_ray import train as worker_train
 
         real = worker_train.RayReporter.report
 
         def report(self, metrics, state):
+            if metrics["epoch"] == epoch and self.rank == 0 and not os.path.exists(reference):
+                torch.save(state, f"{reference}.tmp")
+                os.replace(f"{reference}.tmp", reference)
             if metrics["epoch"] == epoch and self.rank == rank and _claim(marker):
-                time.sleep(5)
-                os._exit(17)
+                snapshot = worker_storage.join(run, SNAPSHOT)
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    try:  # missing at first, and Ray may be replacing it as it is read: ask again
+                        latest = json.loads(worker_storage.read_bytes(snapshot))["latest_checkpoint_result"]
+                        registered = latest["metrics"]["epoch"]
+                    except Exception:
+                        registered = None
+                    if registered == epoch - 1 and os.path.exists(reference):
+                        with open(f"{marker}.claimed", "w") as f:
+                            f.write("died")
+                        os._exit(17)
+                    time.sleep(0.1)
+                raise RuntimeError(f"epoch {epoch - 1} checkpoint never registered in {snapshot}, "
+                                   f"or no reference state at {reference}")
             real(self, metrics, state)
 
         worker_train.RayReporter.report = report
@@ -248,21 +291,85 @@ def _claim(path: str) -> bool:
         return False
 
 
-def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, prepared, tmp_path, monkeypatch):
+@pytest.fixture
+def ship_this_module():
+    """The Ray workers cannot import this file: send its functions (dies_once's worker) by value."""
     import sys
 
     import ray.cloudpickle
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
-    marker = tmp_path / "die"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_ray_train_two_workers_checkpoints_to_s3_and_resumes_with_the_plateau_schedule(
+        ray_local, bucket, prepared, tmp_path, monkeypatch, ship_this_module):
+    """A 3-epoch run (config `schedule: plateau`, which cuts the LR whenever val accuracy does not
+    improve) dies at epoch 3, after its epoch-2 checkpoint; re-run under the same name with more
+    epochs, it resumes after epoch 2 and its epoch 3 is the uninterrupted run's epoch 3: weights,
+    optimizer moments, plateau state (best, bad epochs, LR) and history."""
+    from fer_ray.errors import FerRayError
+
+    runs, run = f"{bucket}/runs", f"{bucket}/runs/ddp"
+    config_file = tmp_path / "plateau.yaml"
+    config_file.write_text("schedule: plateau\nplateau_patience: 0\n")
+    values = train.read_config_file(str(config_file))
+    marker, reference = tmp_path / "die", tmp_path / "uninterrupted-epoch3.pt"
     marker.write_text("once")
-    monkeypatch.setattr(train, "_train_worker", dies_once(str(marker), epoch=2, rank=1))
+    with monkeypatch.context() as m:
+        m.setattr(train, "_train_worker", dies_once(str(marker), epoch=3, rank=1, run=run, reference=str(reference)))
+        with pytest.raises(FerRayError, match="training failed"):
+            train.run(tiny(prepared, runs, "ddp", values, workers=2, balance="sampling", epochs=3, max_failures=0))
+    assert (tmp_path / "die.claimed").read_text() == "died"  # rank 1 died at epoch 3
+    fs, root = storage.filesystem(run)
+    assert sorted(ray_checkpoints(run)) == [1, 2] and fs.exists(f"{root}/config.yaml")
+    assert not fs.exists(f"{root}/bundle")
+    uninterrupted = torch.load(reference, weights_only=True)
+    lrs = [h["lr"] for h in uninterrupted["history"]]
+    assert lrs[2] < lrs[0], f"premise: the plateau schedule cut the LR before epoch 3 ({lrs})"
+
+    # same name, more epochs, no config file: the saved config supplies the schedule
+    resumed = train.run(tiny(prepared, runs, "ddp", workers=2, balance="sampling", epochs=4))
+    assert resumed["epochs_run"] == 2  # epochs 3 and 4: it started after the epoch-2 checkpoint
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"][2]["lr"] == pytest.approx(lrs[2])  # the LR at the resumed epoch
+    states = ray_checkpoints(run)
+    assert sorted(states) == [3, 4]  # checkpoints_to_keep
+    assert not differences(states[3], uninterrupted), differences(states[3], uninterrupted)
+    assert differences(states[4]["model"], uninterrupted["model"])  # and epoch 4 trained on
+    b = bundle.load(f"{run}/bundle")
+    training = b.meta["training"]
+    assert training["schedule"] == "plateau" and training["plateau_patience"] == 0
+    assert training["workers"] == 2 and len(training["history"]) == 4
+    # the bundle holds the best epoch's weights: evaluated afresh they give the recorded accuracy
+    val = data.load_split(prepared, "PublicTest")
+    fresh = float((b.predict_proba(val.pixels).argmax(1).numpy() == val.labels).mean())
+    assert b.meta["metrics"]["PublicTest"]["accuracy"] == pytest.approx(fresh, abs=1.5 / len(val.labels))
+
+
+def test_ray_train_retries_a_killed_worker_from_the_last_checkpoint(ray_local, prepared, tmp_path, monkeypatch,
+                                                                     ship_this_module):
+    """Rank 1 dies at epoch 2 of a 2-epoch run (cosine schedule); Ray Train restarts the workers
+    from the epoch-1 checkpoint, and the run ends where an uninterrupted one does."""
+    run = str(tmp_path / "runs" / "crashy")
+    marker, reference = tmp_path / "die", tmp_path / "uninterrupted-epoch2.pt"
+    marker.write_text("once")
+    monkeypatch.setattr(train, "_train_worker", dies_once(str(marker), epoch=2, rank=1, run=run,
+                                                          reference=str(reference)))
     cfg = tiny(prepared, str(tmp_path / "runs"), "crashy", workers=2, epochs=2, max_failures=1)
     result = train.run(cfg)
-    assert not marker.exists() and (tmp_path / "die.claimed").exists()  # rank 1 did die
+    assert (tmp_path / "die.claimed").read_text() == "died"  # rank 1 did die
     assert result["epochs_run"] == 1  # the retried attempt started from the epoch-1 checkpoint
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert bundle.load(result["bundle"]).meta["training"]["epochs_completed"] == 2
+    states = ray_checkpoints(run)
+    uninterrupted = torch.load(reference, weights_only=True)
+    assert sorted(states) == [1, 2] and uninterrupted["epoch"] == 2
+    # weights, optimizer moments, schedule position, history: as if it had never died ...
+    assert not differences(states[2], uninterrupted), differences(states[2], uninterrupted)
+    # ... which says something: epoch 2 moved the weights away from the checkpoint it resumed from
+    assert differences(states[1]["model"], uninterrupted["model"])
 
 
 def test_training_with_s3_storage_survives_s3_faults(faulty_s3, bucket, prepared):

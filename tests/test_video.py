@@ -141,7 +141,7 @@ def test_label_videos_from_s3_on_ray(videos, bucket, ray_local):
 
 def test_bad_video_fps_is_a_usage_error(videos, tmp_path, capsys):
     assert cli.main(["label", str(videos), str(tmp_path / "o"), "--video-fps", "0"]) == 2
-    assert "--video-fps must be in (0, 240]" in capsys.readouterr().err
+    assert "video fps must be in (0, 240]" in capsys.readouterr().err
 
 
 def test_predict_points_videos_to_label(videos, capsys):

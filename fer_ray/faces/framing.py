@@ -30,10 +30,11 @@ import numpy as np
 from PIL import Image
 
 from ..preprocess import INPUT_SIZE, full_size, to_gray
+from ..schema import FACE_MODES
 from . import align, detector, framer
 from .detector import crop_like
 
-MODES = ("auto", "crop", "detect")
+MODES = FACE_MODES
 SOURCES = ("as-framed", "detected", "whole-image")
 
 # Where the detector's face box sits in a FER-2013 crop (medians over 3,000 Training crops, as
