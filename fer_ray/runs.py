@@ -373,13 +373,12 @@ class LeaseHeld(RuntimeError):
 class Lease:
     """One labeling run at a time per DEST: DEST/_lease.json names its owner and an expiry.
 
-    Taking it is atomic: an exclusive create on local disk (a hard link, which fails when the
-    lease exists and never shows a half-written one), a conditional PUT on S3
-    (If-None-Match: *). A lease past its expiry (its run crashed) is taken over atomically too:
-    a compare-and-replace under an flock on local disk, a PUT conditional on the old ETag on S3,
-    so of two runs that find it stale only one wins. While the run goes on, a thread renews it
-    every ttl/3 seconds; a run that can no longer renew (its lease was taken over) stops before
-    committing. Released at the end."""
+    Taking it is atomic (storage.create_if_absent: a hard link on local disk, a conditional PUT on
+    S3), and so is taking over a lease past its expiry (its run crashed) or one whose holder's
+    process is gone from this host (storage.replace_if_unchanged), so of two runs that find it
+    stale only one wins. While the run goes on, a thread renews it every ttl/3 seconds; a run that
+    can no longer renew (its lease was taken over) stops before committing. Released at the end.
+    The lease never talks to the disk or S3 itself: storage.py does, the same way for both."""
 
     def __init__(self, d: Dest, ttl: float = 300.0, run: str = ""):
         import socket
@@ -387,107 +386,27 @@ class Lease:
         self.d, self.ttl = d, float(ttl)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.run = run
-        self.path = d.path(LEASE_FILE)
-        self._etag = None
+        self.uri = d.uri_of(LEASE_FILE)
         self._stop = None
         self.lost = False
 
-    # -- the two back ends
     def _body(self) -> bytes:
         import time
 
         return json.dumps({"owner": self.owner, "run": self.run, "expires": time.time() + self.ttl,
                            "written_at": utcnow()}).encode()
 
-    def _s3(self):
-        if not hasattr(self, "_client"):
-            self._client = storage.s3_client(2)
-        return self._client
-
-    def _s3_key(self):
-        return storage.split_s3(storage.to_uri(self.path, self.d.uri))
-
     def _read(self) -> tuple[dict | None, str | None]:
-        """(lease content, its version: S3 ETag / None), or (None, None) when there is none."""
-        if self.d.s3:
-            bucket, key = self._s3_key()
-            try:
-                r = self._s3().get_object(Bucket=bucket, Key=key)
-            except Exception as exc:  # noqa: BLE001
-                if storage.error_code(exc) in ("NoSuchKey", "404"):
-                    return None, None
-                raise
-            return _json_or_empty(r["Body"].read()), r["ETag"]
-        try:
-            with open(self.path, "rb") as f:
-                return _json_or_empty(f.read()), None
-        except FileNotFoundError:
-            return None, None
-
-    def _create(self, replace_etag: str | None = None, renew: bool = False) -> bool:
-        """Write our lease: only if none exists (or, on S3, only over version `replace_etag`)."""
-        body = self._body()
-        if self.d.s3:
-            bucket, key = self._s3_key()
-            cond = {"IfMatch": replace_etag} if replace_etag else {"IfNoneMatch": "*"}
-            try:
-                self._etag = self._s3().put_object(Bucket=bucket, Key=key, Body=body, **cond)["ETag"]
-                return True
-            except Exception as exc:  # noqa: BLE001
-                if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
-                    return False
-                raise
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        if renew:  # only the owner renews, long before expiry: replace in place
-            tmp = f"{self.path}.{uuid.uuid4().hex[:6]}"
-            with open(tmp, "wb") as f:
-                f.write(body)
-            os.replace(tmp, self.path)
-            return True
-        # Written aside, then hard-linked into place: the link appears with its content, or not
-        # at all (an exclusive create followed by a write would let another run read it empty,
-        # take it for stale and take it over)
-        tmp = f"{self.path}.{uuid.uuid4().hex[:6]}"
-        with open(tmp, "wb") as f:
-            f.write(body)
-        try:
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links: exclusive create, then write
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            return True
-        finally:
-            os.remove(tmp)
-
-    def _take_stale(self, etag: str | None, seen: dict) -> bool:
-        if self.d.s3:
-            return self._create(replace_etag=etag)
-        import fcntl
-
-        # Local disk: compare-and-replace under an flock (released by the kernel if we die), so
-        # that of several runs that saw the same stale lease only the first replaces it.
-        with open(f"{self.path}.lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            now, _ = self._read()
-            if now is not None and now != seen:
-                return False  # someone else took it over first
-            if now is not None:
-                os.remove(self.path)
-            return self._create()
+        """(lease content, its version), or (None, None) when there is none."""
+        data, version = storage.read_versioned(self.uri)
+        return (None, None) if data is None else (_json_or_empty(data), version)
 
     # -- the protocol
     def acquire(self) -> "Lease":
         import time
 
         for _ in range(3):
-            if self._create():
+            if storage.create_if_absent(self.uri, self._body()):
                 break
             held, etag = self._read()
             if held is None:
@@ -496,7 +415,7 @@ class Lease:
                 left = float(held["expires"]) - time.time()
                 raise LeaseHeld(f"{self.d.uri} is being labeled by another run ({held.get('run') or 'unknown'} "
                                 f"on {held.get('owner', '?')}, lease expires in {left:.0f} s)")
-            if self._take_stale(etag, held):
+            if storage.replace_if_unchanged(self.uri, self._body(), etag):
                 break
         else:
             raise LeaseHeld(f"{self.d.uri}: could not take the labeling lease (other runs keep taking it)")
@@ -519,7 +438,7 @@ class Lease:
                         if not held or held.get("owner") != self.owner:
                             self.lost = True
                             return
-                        self._create(replace_etag=etag, renew=True)
+                        storage.replace_if_unchanged(self.uri, self._body(), etag)
                         if self._stop.is_set():  # released while this renewal was in flight
                             self._delete_if_ours()
                             return
@@ -547,11 +466,7 @@ class Lease:
         try:
             held, _ = self._read()
             if held and held.get("owner") == self.owner:
-                if self.d.s3:
-                    bucket, key = self._s3_key()
-                    self._s3().delete_object(Bucket=bucket, Key=key)
-                else:
-                    os.remove(self.path)
+                storage.remove(self.uri)
         except Exception:  # noqa: BLE001 - an unreleased lease expires by itself
             pass
 

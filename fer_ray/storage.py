@@ -179,6 +179,103 @@ def write_bytes(uri: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# -- conditional writes: what a lease needs (runs.Lease), the same on local disk and S3. A version
+# is the S3 ETag, or on local disk a digest of the content.
+
+# What S3 (and compatibles) answer when a condition does not hold, or a write raced another
+_CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey")
+
+
+def read_versioned(uri: str) -> tuple[bytes | None, str | None]:
+    """(content, version), or (None, None) when there is no such object."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            r = _small_client().get_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        return r["Body"].read(), r["ETag"]
+    try:
+        with open(filesystem(uri)[1], "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def create_if_absent(uri: str, data: bytes) -> bool:
+    """Write `data` only if nothing is there; False when something was. Never shows a half-written
+    object: on S3 a PUT with If-None-Match: *, on local disk a file written aside and hard-linked
+    into place (the link appears with its content or not at all)."""
+    if is_s3(uri):
+        return _put_if(uri, data, IfNoneMatch="*")
+    path = filesystem(uri)[1]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then write
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    finally:
+        os.remove(tmp)
+
+
+def replace_if_unchanged(uri: str, data: bytes, version: str) -> bool:
+    """Replace the object with `data` only if it is still at `version` (read_versioned); False when
+    it changed or is gone. S3: a PUT with If-Match; local disk: compare and replace under an flock
+    (released by the kernel if the process dies), the new content renamed into place."""
+    if is_s3(uri):
+        return _put_if(uri, data, IfMatch=version)
+    import fcntl
+
+    path = filesystem(uri)[1]
+    with open(f"{path}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if read_versioned(uri)[1] != version:
+            return False
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return True
+
+
+def _small_client():
+    """A client for the occasional conditional write, one per endpoint and credentials in the
+    environment (a lease renews every few minutes: a new client each time would cost more)."""
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    return _client_for(endpoint_url(), tuple(os.environ.get(k) for k in keys))
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(endpoint, credentials):
+    return s3_client(2)
+
+
+def _put_if(uri: str, data: bytes, **condition) -> bool:
+    bucket, key = split_s3(uri)
+    try:
+        _small_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        return True
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) in _CONDITION_FAILED:
+            return False
+        raise
+
+
 def read_json(uri: str) -> dict | None:
     """The JSON object stored at `uri`; None when there is none or it is not a JSON object."""
     try:

@@ -8,7 +8,8 @@ Submission API exactly as `ray job submit --working-dir . -- python jobs/...` se
   2. labeling, with a fault: while `jobs/label.py` runs, the worker node is killed (SIGKILL of its
      whole process session: a lost machine) and a replacement node joins, as an autoscaler or
      KubeRay would bring one; the job still succeeds and every image is in the output exactly once;
-  3. a scheduled-style incremental run labels only the images added since.
+  3. a scheduled-style incremental run labels only the images added since (since the run of 2, or,
+     when 2 committed none, since a small plain run of its own: it fails, never skips, on its own).
 Every process the cluster runs is ended by PID (stop.sh, then a sweep of the sessions it opened),
 even when a test fails. Slow by nature (about 3 minutes on 2 cores), and part of the default run.
 """
@@ -373,19 +374,46 @@ def test_labeling_survives_losing_a_worker_node_with_every_row_exactly_once(clus
     assert "run " in logs
 
 
-def test_incremental_run_labels_only_what_is_new(cluster, s3, job_env, trained):
+N_OWN = 24  # images the incremental test labels first when there is no committed run to build on
+
+
+@pytest.fixture(scope="module")
+def committed(cluster, s3, job_env, trained):
+    """A committed labeling run to build on: (images prefix, labels prefix, run markers, rows).
+
+    The fault test's run over images/ when it committed one that holds every image there exactly
+    once (the default run pays no extra job); otherwise, as when that test failed or was not
+    selected, one plain labeling job over N_OWN images of its own. Either way the test that uses
+    it needs no other test to have passed, and fails, never skips, when labeling commits nothing."""
     fs, bucket = s3
-    before, _ = _committed(fs, bucket)
-    if not before:
-        pytest.skip("needs the committed run of the labeling test")
-    new = _upload_images(fs, f"{bucket}/images", 100000, N_NEW)
-    argv = ["jobs/label.py", f"s3://{bucket}/images", f"s3://{bucket}/labels", "--model", trained["bundle"],
+    markers, rows = _committed(fs, bucket, "labels")
+    paths = [_norm(r["image_path"]) for r in rows]
+    if len(markers) == 1 and sorted(paths) == sorted(_norm(k) for k in fs.glob(f"{bucket}/images/*.png")):
+        return "images", "labels", markers, rows
+    uris = _upload_images(fs, f"{bucket}/own-images", 0, N_OWN)
+    argv = ["jobs/label.py", f"s3://{bucket}/own-images", f"s3://{bucket}/own-labels", "--model", trained["bundle"],
+            "--batch-size", "40", "--no-progress"]
+    wait(cluster, submit(cluster, argv, job_env), timeout=180)
+    markers, rows = _committed(fs, bucket, "own-labels")
+    assert len(markers) == 1, f"the labeling job committed {len(markers)} runs: {markers}"
+    assert sorted(_norm(r["image_path"]) for r in rows) == sorted(_norm(u) for u in uris)
+    return "own-images", "own-labels", markers, rows
+
+
+def test_incremental_run_labels_only_what_is_new(cluster, s3, job_env, trained, committed):
+    fs, bucket = s3
+    images, dest, before, old_rows = committed
+    old = sorted(_norm(r["image_path"]) for r in old_rows)
+    new = _upload_images(fs, f"{bucket}/{images}", 100000, N_NEW)
+    argv = ["jobs/label.py", f"s3://{bucket}/{images}", f"s3://{bucket}/{dest}", "--model", trained["bundle"],
             "--incremental", "--batch-size", "40", "--no-progress"]
     wait(cluster, submit(cluster, argv, job_env), timeout=180)
-    markers, rows = _committed(fs, bucket)
+    markers, rows = _committed(fs, bucket, dest)
+    assert set(before) <= set(markers), "an earlier committed run went missing"
     (marker,) = [m for r, m in markers.items() if r not in before]
-    assert marker["objects"] == N_NEW and marker["objects_skipped"] == N_IMAGES
+    assert marker["objects"] == N_NEW and marker["objects_skipped"] == len(old)
     mine = sorted(_norm(r["image_path"]) for r in rows if r["run_id"] == marker["run_id"])
     assert mine == sorted(_norm(u) for u in new)
     paths = [_norm(r["image_path"]) for r in rows]
-    assert len(paths) == len(set(paths)) == N_IMAGES + N_NEW  # still every image exactly once overall
+    assert len(paths) == len(set(paths)) == len(old) + N_NEW  # still every image exactly once overall
+    assert sorted(p for p in paths if p not in mine) == old  # the earlier rows as they were

@@ -49,3 +49,23 @@ def test_one_etag_rule_for_listings(root):
 
 def test_the_arrow_filesystem_is_built_once_per_endpoint(bucket):
     assert storage.arrow_filesystem(bucket + "/a")[0] is storage.arrow_filesystem(bucket + "/b")[0]
+
+
+def test_conditional_writes_for_a_lease(root):
+    """create_if_absent and replace_if_unchanged: what runs.Lease is built on, the same on disk and S3."""
+    uri = storage.join(root, "sub", "lease.json")
+    assert storage.read_versioned(uri) == (None, None)
+    assert storage.create_if_absent(uri, b"one") is True
+    assert storage.create_if_absent(uri, b"two") is False  # someone holds it: unchanged
+    data, v1 = storage.read_versioned(uri)
+    assert data == b"one" and v1
+    assert storage.replace_if_unchanged(uri, b"three", v1) is True
+    data, v2 = storage.read_versioned(uri)
+    assert data == b"three" and v2 != v1
+    assert storage.replace_if_unchanged(uri, b"four", v1) is False  # stale version: another won
+    assert storage.read_versioned(uri)[0] == b"three"
+    storage.remove(uri)
+    assert storage.replace_if_unchanged(uri, b"five", v2) is False  # gone: nothing to replace
+    assert storage.read_versioned(uri) == (None, None)
+    if not storage.is_s3(root):
+        assert not [n for n in os.listdir(os.path.dirname(uri)) if ".tmp-" in n]  # nothing left aside
