@@ -13,7 +13,7 @@ path glob, errors only) are not left to DuckDB: they become one Arrow expression
 dataset scan itself (`Dataset.filter`), which also skips Parquet row groups by their statistics.
 `--run` additionally prunes the file list to that run's files.
 
-    out = query.open("s3://bucket/labels")        # an Output: .dataset, .runs, .files
+    out = query.open_labels("s3://bucket/labels")        # an Output: .dataset, .runs, .files
     df = query.labels(out, emotion="happy", min_confidence=0.9)
     s = query.summary(out)                          # plain dict (JSON-ready)
     df = query.sql(out, "SELECT label, count(*) n FROM labels GROUP BY label")
@@ -250,7 +250,7 @@ def _merge(f: Filters, new: dict) -> dict:
     return base
 
 
-def open(dest, **filters) -> Output:  # noqa: A001 - fer_ray.query.open reads well
+def open_labels(dest, **filters) -> Output:
     """Open DEST's committed runs. Filters: emotion, min_confidence, max_confidence, run
     (id, list, or "latest"), path_glob, errors_only. Raises FerRayError with one clear line when
     DEST (or its bucket) is missing or holds no committed run."""
@@ -482,7 +482,7 @@ def labels(dest, columns=None, sort: str | None = None, limit: int | None = None
 
     columns: None (DEFAULT_COLUMNS), 'all', or a list; sort: a column, '-column' for descending;
     filters: emotion, min_confidence, max_confidence, run, path_glob, errors_only."""
-    out = open(dest, **filters)
+    out = open_labels(dest, **filters)
     q = listing_sql(columns_of(columns), sort, limit)
     return _frame(read_all(execute(out, q)), arrow)
 
@@ -514,7 +514,7 @@ def timeline_sql(window: float) -> str:
 def timeline(dest, window: float = 10.0, arrow: bool = False, **filters):
     """Per video and time window: frames, faces and emotion shares (see timeline_sql). Videos
     labeled in several runs mix their rows: filter with run=... to pick one."""
-    out = open(dest, **filters)
+    out = open_labels(dest, **filters)
     return _frame(read_all(execute(out, timeline_sql(window))), arrow)
 
 
@@ -523,7 +523,7 @@ def sql(dest, query: str, arrow: bool = False, **filters):
     filters) and `runs` (the commit markers). Returns a DataFrame (or an Arrow table)."""
     if not query or not query.strip():
         raise UsageError("empty SQL query")
-    out = open(dest, **filters)
+    out = open_labels(dest, **filters)
     return _frame(read_all(execute(out, query)), arrow)
 
 
@@ -544,7 +544,7 @@ def summary(dest, examples: int = 3, **filters) -> dict:
     errors_by_reason [{reason, count, examples}], runs [per run: the marker's metadata and the
     same counts, plus `emotions` {emotion: count}]. `pandas.DataFrame(s["emotions"])` etc. give
     tables. Three scans of the dataset, each reading only the columns it needs."""
-    out = open(dest, **filters)
+    out = open_labels(dest, **filters)
     qs = list(QUANTILES)
 
     # 1. rows / images / errors, per run and overall

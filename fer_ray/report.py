@@ -405,7 +405,7 @@ def build(dest, out_html: str, thumbs: int = 4, title: str | None = None, **filt
     charts beside it. Returns {'html': path, 'pngs': [paths], 'summary': summary dict}."""
     if thumbs < 0:
         raise FerRayError("--thumbs must be >= 0")
-    out = Q.open(dest, **filters)
+    out = Q.open_labels(dest, **filters)
     s = Q.summary(out)
     hist = confidence_histogram(out)
     ex = extremes(out, thumbs)

@@ -227,7 +227,7 @@ def test_uncommitted_and_staging_files_are_ignored(outputs):
     on_disk = glob.glob(os.path.join(local, "**", "*.parquet"), recursive=True)
     committed = runs.committed_files(local)
     assert len(on_disk) == len(committed) + 2  # the planted debris exists ...
-    out = query.open(local)
+    out = query.open_labels(local)
     assert sorted(out.files) == sorted(committed)  # ... and is not read
     assert query.sql(local, "SELECT count(*) AS n FROM labels")["n"][0] == len(outputs["local_df"])
     assert set(query.sql(local, "SELECT DISTINCT run_id FROM labels")["run_id"]) == {
@@ -305,10 +305,10 @@ def test_filters_on_s3_match_pandas(outputs):
 
 def test_open_prunes_files_by_run_and_where_narrows(outputs):
     m1, m2 = outputs["markers"]
-    out = query.open(outputs["local"], run=m1["run_id"])
+    out = query.open_labels(outputs["local"], run=m1["run_id"])
     assert out.run_ids == [m1["run_id"]]
     assert sorted(out.files) == sorted(runs.committed_files(outputs["local"], [m1["run_id"]]))
-    assert query.open(outputs["local"], run="latest").run_ids == [m2["run_id"]]
+    assert query.open_labels(outputs["local"], run="latest").run_ids == [m2["run_id"]]
     happy = out.where(emotion="happy")
     n = ((outputs["local_df"]["run_id"] == m1["run_id"]) & (outputs["local_df"]["label"] == "happy")).sum()
     assert happy.dataset.count_rows() == n
@@ -351,7 +351,7 @@ def test_sql_group_by_matches_pandas(outputs):
 def test_filters_are_pushed_into_the_arrow_scan(outputs):
     """DuckDB's plan shows projections and string filters inside the Arrow scan; the structured
     filters live in the dataset itself (Dataset.filter), so they run in the scan too."""
-    out = query.open(outputs["local"], min_confidence=0.5)
+    out = query.open_labels(outputs["local"], min_confidence=0.5)
     con = out.connect()
     plan = "\n".join(r[1] for r in con.execute(
         "EXPLAIN SELECT image_path FROM labels WHERE label = 'happy'").fetchall())
@@ -592,7 +592,7 @@ def test_empty_filter_flags_are_refused(tmp_path, capsys, argv, message):
 def test_bad_path_globs_are_refused(tmp_path, capsys, pattern, message):
     assert_usage_error(capsys, tmp_path / "missing", ["--path-glob", pattern], message)
     with pytest.raises(UsageError, match="path-glob"):
-        query.open(tmp_path / "missing", path_glob=pattern)
+        query.open_labels(tmp_path / "missing", path_glob=pattern)
 
 
 def test_path_glob_sets_match_like_fnmatch():

@@ -80,7 +80,7 @@ def test_report_s3_and_a_missing_image(outputs, tmp_path):
     n = page.count("<figure")
 
     # delete the source object behind one thumbnail: it becomes a placeholder, the rest stay
-    ex = report.extremes(query.open(outputs["s3"]), 1)
+    ex = report.extremes(query.open_labels(outputs["s3"]), 1)
     victim = ex["happy" if "happy" in ex else sorted(ex)[0]]["high"][0]["image_path"]
     fs, path = storage.filesystem(victim)
     fs.rm(path)

@@ -86,7 +86,7 @@ def run(args) -> int:
     limit = args.limit if args.limit is not None else (TABLE_DEFAULT_LIMIT if fmt == "table" else 0)
     limit = limit or None
     query = _query(args, fmt, limit)  # before Q.open: a bad argument is refused before DEST is read
-    out = Q.open(args.dest, **filters)
+    out = Q.open_labels(args.dest, **filters)
 
     import pyarrow as pa
 
