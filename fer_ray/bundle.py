@@ -352,6 +352,18 @@ def is_shipped(uri: str) -> bool:
     return os.path.realpath(uri).startswith(root + os.sep)
 
 
+def record_metrics(directory: str, key: str, summary: dict) -> dict | None:
+    """Store `summary` under meta["metrics"][key] of a local bundle; the model_id is untouched.
+    A result measured on other data (another checksum) is never overwritten: returns None then."""
+    meta = read_meta(directory)
+    old = meta.get("metrics", {}).get(key)
+    if old and old.get("data_checksum") and old["data_checksum"] != summary.get("data_checksum"):
+        return None
+    meta.setdefault("metrics", {})[key] = summary  # model_id hashes the weights, which stay as they are
+    write_meta(directory, meta)
+    return meta
+
+
 def ensure_writable(uri: str) -> None:
     """Refuse to write into the bundles inside the installed package: every function here that
     writes a bundle's files calls this first, so no entry point (a command, a Python call) can."""

@@ -6,10 +6,18 @@ The metric functions are pure (numpy in, plain dicts out) so they can be checked
     confused_pairs(confusion, k)      the k largest off-diagonal cells
     plot_*(...)                       matplotlib (Agg) figures written as PNG
 
-`evaluate_split(bundle, split, ...)` ties them together for `fer-ray evaluate`.
+`evaluate_split(bundle, split, ...)` ties them together, and `run_job(Request(...))` is
+`fer-ray evaluate`'s job (metrics.json, plots, the shift suite, recording into the bundle).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+import datetime as _dt
+import json
+import shutil
+import tempfile
 
 import math
 import time
@@ -287,3 +295,180 @@ def summary_lines(m: dict, classes=EMOTIONS) -> list[str]:
         pairs = ", ".join(f"{p['true']}->{p['predicted']} {p['count']} ({p['rate']:.0%})" for p in m["top_confused"])
         lines.append(f"most confused (true->predicted): {pairs}")
     return lines
+
+
+# --------------------------------------------------------------------------- the evaluate job
+
+PLOTS = {"curves": "training_curves.png", "confusion": "confusion.png", "samples": "samples.png"}
+
+
+@dataclasses.dataclass
+class Request:
+    """What `fer-ray evaluate` was asked (its flags, by the same names)."""
+
+    model: str
+    data: str
+    split: str = "PrivateTest"
+    tta: bool = False
+    precision: str = "auto"
+    out: str | None = None
+    batch_size: int = 256
+    samples: int = 40
+    faces: str = "crop"
+    shifts: bool = False
+    shift_sample: int | None = None
+    no_record: bool = False
+
+
+def run_job(req: "Request", say=print) -> dict:
+    """`fer-ray evaluate`'s job: metrics, plots and metrics.json (and the shift suite) for a bundle
+    on a prepared split, recorded into the bundle where it may be. Returns what the command prints:
+    {"bundle", "result", "notes", "recorded", "out", "plots"}."""
+    from . import bundle as bundle_mod
+    from . import data, faces, storage
+    from .errors import FerRayError, UsageError
+
+    b = bundle_mod.load(req.model, precision=req.precision)
+    split = data.load_split(req.data, req.split)
+    if len(split) == 0:
+        raise FerRayError(f"split {req.split} in {req.data} has no rows")
+    key = (req.split + ("-int8" if b.precision == "int8" else "") + ("-tta" if req.tta else "")
+           + ("" if req.faces == "crop" else f"-faces-{req.faces}"))
+    if req.faces != "crop":
+        try:
+            split.pixels, sources = faces.frame_crops(split.pixels, req.faces)
+        except faces.detector.DetectorUnavailable as exc:
+            raise FerRayError(f"--faces {req.faces}: {exc}") from None
+        say(f"framing ({req.faces}): " + ", ".join(f"{n} {s}" for s, n in sources.items()))
+    shipped = bundle_mod.is_shipped(bundle_mod.resolve(req.model))
+    out = req.out or (f"eval-{b.model_id}-{key}" if shipped else storage.join(req.model, f"eval-{key}"))
+    try:
+        bundle_mod.ensure_writable(out)
+    except bundle_mod.BundleError as exc:
+        raise UsageError(str(exc)) from None
+    remote = storage.is_s3(out)
+    local_out = tempfile.mkdtemp(prefix="fer-ray-eval-") if remote else out
+    os.makedirs(local_out, exist_ok=True)
+
+    result, probs = evaluate_split(b, split, batch_size=req.batch_size, tta=req.tta)
+    notes: list[str] = []
+    record, why = _record_where(req)
+    if why:
+        notes.append(why)
+    plots = _plots(b, split, result, probs, local_out, f"{b.model_id} on {key}", req.samples, notes)
+
+    checksum = data.checksum(req.data)
+    if b.meta.get("data_checksum") and b.meta["data_checksum"] != checksum:
+        notes.append("this prepared data is not the data the model was trained on (checksums differ)")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    report = {
+        "model_id": b.model_id,
+        "arch": b.meta.get("arch"),
+        "model": req.model,
+        "data": req.data if storage.is_s3(req.data) else os.path.abspath(req.data),
+        "data_checksum": checksum,
+        "trained_on_checksum": b.meta.get("data_checksum"),
+        "same_data_as_training": None if not b.meta.get("data_checksum") else checksum == b.meta["data_checksum"],
+        "split": req.split,
+        "tta": bool(req.tta),
+        "precision": b.precision,
+        "classes": b.classes,
+        **result,
+        "plots": plots,
+        "notes": notes,
+        "evaluated_at": now,
+    }
+    suite = _shift_suite(req, b, split, local_out, checksum, now, say) if req.shifts else None
+    recorded = _record(req, record, key, result, suite, b.precision, checksum, now, notes)
+    # written after recording: the notes in the file are the notes printed below
+    with open(os.path.join(local_out, "metrics.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    if remote:
+        storage.put_folder(local_out, out)
+        shutil.rmtree(local_out, ignore_errors=True)
+    return {"bundle": b, "result": result, "notes": notes, "recorded": recorded, "out": out, "plots": plots}
+
+
+def _plots(b, split, result: dict, probs, folder: str, title: str, samples: int, notes: list) -> dict:
+    """Training curves (when the bundle has its history), confusion matrix and sample grid in
+    `folder`: {plot: file name or None}."""
+    plots: dict[str, str | None] = {"training_curves": None}
+    history = (b.meta.get("training") or {}).get("history")
+    if plot_history(history, os.path.join(folder, PLOTS["curves"]), title=f"{b.model_id} training"):
+        plots["training_curves"] = PLOTS["curves"]
+    else:
+        notes.append("no training history in the bundle: training curves skipped")
+    plot_confusion(result["confusion"], os.path.join(folder, PLOTS["confusion"]), b.classes,
+                   title=f"{title}: accuracy {result['accuracy']:.3f}")
+    plots["confusion"] = PLOTS["confusion"]
+    plot_samples(split.pixels, split.labels, probs, os.path.join(folder, PLOTS["samples"]), b.classes,
+                 count=samples, title=title)
+    plots["samples"] = PLOTS["samples"]
+    return plots
+
+
+def _record(req, record: bool, key: str, result: dict, suite, precision: str, checksum: str, now: str,
+            notes: list) -> list[str]:
+    """Record the result (and the shift suite's) into the bundle; the keys recorded. A result the
+    bundle holds from other data is kept, with a note saying so."""
+    from . import bundle as bundle_mod
+
+    recorded = []
+    if record and suite and bundle_mod.record_metrics(req.model, *suite):
+        recorded.append(suite[0])
+    if not record:
+        return recorded
+    nit = result["not_in_training"]
+    done = bundle_mod.record_metrics(req.model, key, {
+        "n": result["n"],
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "macro_f1": result["macro_f1"],
+        "recall": {c: v["recall"] for c, v in result["per_class"].items()},
+        "confusion": result["confusion"],
+        "not_in_training": {"n": nit["n"], "accuracy": nit["accuracy"]},
+        "tta": bool(req.tta),
+        "precision": precision,
+        "data_checksum": checksum,
+        "evaluated_at": now,
+    })
+    if done:
+        recorded.append(key)
+    else:
+        notes.append(f"not recorded: the bundle's {key} was measured on other data (checksums differ)")
+    return recorded
+
+
+def _record_where(req) -> tuple[bool, str | None]:
+    """Whether to record into the bundle, and the note that says why not."""
+    from . import bundle as bundle_mod
+    from . import storage
+
+    if req.no_record:
+        return False, None
+    if storage.is_s3(req.model):
+        return False, "bundle is on S3: metrics not recorded into its bundle.json"
+    if bundle_mod.is_shipped(bundle_mod.resolve(req.model)):
+        return False, "shipped bundles are read-only: metrics not recorded (copy the bundle to record into it)"
+    return True, None
+
+
+def _shift_suite(req, b, split, local_out: str, checksum: str, now: str, say=print) -> tuple[str, dict]:
+    from . import faces, shifts
+    from .errors import FerRayError
+
+    key = f"shifts-{req.split}" + ("-int8" if b.precision == "int8" else "")
+    say(f"shift suite on {req.split} ({req.shift_sample or len(split)} images):")
+    try:
+        result = shifts.run(b, split, sample=req.shift_sample, batch_size=req.batch_size, say=say)
+    except faces.detector.DetectorUnavailable as exc:
+        raise FerRayError(f"--shifts: {exc}") from None
+    result.update(data_checksum=checksum, precision=b.precision, evaluated_at=now)
+    with open(os.path.join(local_out, "shifts.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(local_out, "shifts.md"), "w") as f:
+        f.write("\n".join(shifts.table(result)) + "\n")
+    shifts.plot(result, os.path.join(local_out, "shifts.png"), title=f"{b.model_id}: {req.split} under shifts")
+    for line in shifts.table(result):
+        say(line)
+    return key, result
