@@ -174,6 +174,8 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         run_id, parts, staged_keys = runs.start(d, info, want={key(o) for o in todo_all})
     except ValueError as exc:
         raise FerRayError(str(exc)) from None
+    except OSError as exc:  # a full disk, a read-only folder: one line, nothing left half-written
+        raise FerRayError(f"cannot start a run in {job.dest}: {exc.strerror or type(exc).__name__}") from None
     todo = [o for o in todo_all if key(o) not in staged_keys]
     on_ray = bool(todo) and job.uses_ray(todo)
     per_block = job.block_objects(todo)  # objects; small runs cut theirs smaller (block_size)

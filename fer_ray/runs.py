@@ -305,7 +305,11 @@ class StagingWriter:
     def write(self, table) -> None:
         if self.writer is None:
             self._open()
-        self.writer.write_table(table if table.schema == self.schema else table.cast(self.schema))
+        try:
+            self.writer.write_table(table if table.schema == self.schema else table.cast(self.schema))
+        except BaseException:  # a part cut mid-batch is never kept: its objects are labeled again
+            self.abandon()
+            raise
         self.rows += table.num_rows
         if self.rows >= self.rows_per_file or time.monotonic() - self.opened >= self.flush_seconds:
             self.close()
@@ -319,11 +323,25 @@ class StagingWriter:
             os.replace(self.tmp, self.target)
         self.files.append(self.target)
 
+    def abandon(self) -> None:
+        """After a failed write (a full disk): drop the part being written, keep the finished ones."""
+        writer, self.writer = self.writer, None
+        with contextlib.suppress(Exception):
+            writer and writer.close()
+        if writer is not None and self.tmp != self.target:
+            with contextlib.suppress(OSError):
+                os.remove(self.tmp)
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        try:
+            self.close()  # the finished batches of a run that stopped are kept: the next run resumes
+        except BaseException:
+            self.abandon()
+            if exc_type is None:
+                raise
         return False
 
 

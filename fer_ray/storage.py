@@ -172,11 +172,16 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a size limit: nothing half-written is left behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # -- conditional writes: what a lease needs (runs.Lease), the same on local disk and S3. A version

@@ -792,3 +792,31 @@ def test_credentials_revoked_mid_run_fail_in_one_line_and_the_next_run_resumes(b
     t = _read(dest)
     _once(t, storage.list_objects(str(src)))
     _check_rows(t, m)
+
+
+@pytest.mark.parametrize("limit", [300, 6000])
+def test_a_full_disk_is_one_line_and_the_next_run_leaves_nothing_behind(tmp_path, limit):
+    """Writes fail as on a full disk (a file-size limit on the process: EFBIG where a full disk gives
+    ENOSPC), at the staging record (300 bytes: the lease fits, the record does not) or at the
+    first Parquet part (6000 bytes). One line, exit 1; the next run labels everything and leaves no
+    temporary file anywhere under DEST."""
+    import subprocess
+    import sys
+
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, data in _images(0, 12).items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    cmd = [sys.executable, "-m", "fer_ray.cli", "label", str(src), str(dest), "--faces", "crop", "--no-progress"]
+    limited = subprocess.run(["prlimit", f"--fsize={limit}", "--", *cmd], capture_output=True, text=True, timeout=300)
+    assert limited.returncode == 1, limited.stderr[-2000:]
+    err = [line for line in limited.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "File too large" in err[0] and "Traceback" not in limited.stderr, limited.stderr[-2000:]
+    assert not runs.committed_runs(str(dest))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (m,) = runs.committed_runs(str(dest))
+    assert m["objects"] == 12 and m["rows"] == 12
+    left = [os.path.join(r, n) for r, _, names in os.walk(dest) for n in names if ".tmp-" in n]
+    assert left == []
