@@ -27,6 +27,7 @@ import torch
 
 from .emotions import EMOTIONS
 from . import placement
+from .plotting import pyplot
 from .inference import predict_probs
 
 # -log(p) of a probability that underflowed to 0 is capped at -log(EPS) (about 27.6).
@@ -135,15 +136,6 @@ def subset_metrics(probs, labels, mask) -> dict:
 # --------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_history(history: list[dict], path: str, title: str = "") -> bool:
     """Loss and accuracy per epoch, train vs val, from a bundle's training history.
 
@@ -151,7 +143,7 @@ def plot_history(history: list[dict], path: str, title: str = "") -> bool:
     rows = [h for h in (history or []) if isinstance(h, dict) and "epoch" in h]
     if not rows:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in rows]
 
     def series(key):
@@ -193,7 +185,7 @@ def plot_history(history: list[dict], path: str, title: str = "") -> bool:
 
 def plot_confusion(cm, path: str, classes=EMOTIONS, title: str = "") -> None:
     """Two heatmaps: raw counts and row-normalised (each row = how that true class was predicted)."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     norm = row_normalize(cm)
     k = len(classes)
@@ -239,7 +231,7 @@ def sample_indices(labels, count: int = 40, seed: int = 0) -> np.ndarray:
 def plot_samples(pixels, labels, probs, path: str, classes=EMOTIONS, count: int = 40, cols: int = 8,
                  title: str = "") -> None:
     """A grid of images with true and predicted labels; green when right, red when wrong."""
-    plt = _pyplot()
+    plt = pyplot()
     idx = sample_indices(labels, count)
     rows = max(1, math.ceil(len(idx) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.95), squeeze=False)

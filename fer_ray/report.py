@@ -24,6 +24,7 @@ from . import query as Q
 from . import storage
 from .emotions import EMOTIONS
 from .errors import FerRayError, one_line
+from .plotting import pyplot
 
 COLORS = {
     "angry": "#d62728", "disgust": "#6b8e23", "fear": "#9467bd", "happy": "#f2a900",
@@ -194,17 +195,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def emotion_chart(summary: dict) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     emos = summary["emotions"]
     names = [e["emotion"] for e in emos]
     counts = [e["count"] for e in emos]
@@ -223,7 +215,7 @@ def emotion_chart(summary: dict) -> bytes:
 
 
 def confidence_chart(hist: dict[str, list[int]], summary: dict, bins: int = HIST_BINS) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     width = 1.0 / bins
     lefts = [i * width for i in range(bins)]
@@ -252,7 +244,7 @@ def confidence_chart(hist: dict[str, list[int]], summary: dict, bins: int = HIST
 
 def runs_chart(summary: dict) -> bytes:
     """Share of each emotion per run: how the distribution moved between runs."""
-    plt = _plt()
+    plt = pyplot()
     runs = summary["runs"]
     names = [e["emotion"] for e in summary["emotions"]]
     fig, ax = plt.subplots(figsize=(7.5, 0.5 + 0.45 * len(runs) + 0.6))
@@ -276,7 +268,7 @@ def runs_chart(summary: dict) -> bytes:
 
 def timeline_chart(video: str, rows: list[dict], window: float) -> bytes:
     """Emotion shares of the faces per time window of one video (blank where no face was seen)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     starts = [r["window_start_s"] for r in rows]
     bottom = [0.0] * len(rows)

@@ -161,9 +161,9 @@ def table(result: dict) -> list[str]:
 
 
 def plot(result: dict, path: str, title: str = "") -> None:
-    from .evaluate import _pyplot
+    from .plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = result["shifts"]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import evaluate as ev
 from .. import faces, placement, preprocess, storage
 from ..emotions import EMOTIONS
+from ..plotting import pyplot
 from ..recognizer import Recognizer
 from ..errors import FerRayError, UsageError
 from ..video import is_video
@@ -103,7 +103,7 @@ def _line(label: str, probs: np.ndarray, classes: list[str], top: int) -> str:
 
 def show(items: list[Item], classes: list[str], path: str) -> None:
     """One row per face: the image (box drawn in detect mode), the 48x48 input, probability bars."""
-    plt = ev._pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     rows = [(item, k) for item in items if not item.error for k in range(len(item.probs))]
