@@ -251,13 +251,13 @@ def naive_loop(uris, out_dir, threads: int, batch: int = 256):
     import pyarrow.parquet as pq
     import torch
 
-    from fer_ray import bundle, preprocess, storage
+    from fer_ray import preprocess, storage
     from fer_ray.emotions import EMOTIONS
+    from fer_ray.recognizer import Recognizer
     from fer_ray.schema import LABEL_SCHEMA, PROB_COLUMNS
 
-
     torch.set_num_threads(threads)
-    b = bundle.load()
+    rec = Recognizer()
     s3 = storage.Fetcher(16) if storage.is_s3(uris[0]) else None  # the job's fetcher: same GETs
     os.makedirs(out_dir, exist_ok=True)
     c, t = tree_cpu(), time.perf_counter()
@@ -272,13 +272,13 @@ def naive_loop(uris, out_dir, threads: int, batch: int = 256):
                 with open(u, "rb") as f:
                     datas.append(f.read())
         px = np.stack([preprocess.to_gray48(preprocess.decode(x)) for x in datas])
-        probs = b.predict_proba(px).numpy()
+        probs = rec.probabilities(px)
         n = len(chunk)
         cols = {f.name: pa.nulls(n, f.type) for f in LABEL_SCHEMA}
         cols.update(image_path=pa.array(chunk), face_index=pa.array([0] * n, pa.int32()),
                     label=pa.array([EMOTIONS[i] for i in probs.argmax(1)]),
                     confidence=pa.array(probs.max(1), pa.float32()),
-                    model_id=pa.array([b.model_id] * n), run_id=pa.array(["naive"] * n),
+                    model_id=pa.array([rec.bundle.model_id] * n), run_id=pa.array(["naive"] * n),
                     labeled_at=pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC")))
         cols.update({c: pa.array(probs[:, k], pa.float32()) for k, c in enumerate(PROB_COLUMNS)})
         writer.write_table(pa.Table.from_pydict(cols, schema=LABEL_SCHEMA))

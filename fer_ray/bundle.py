@@ -28,7 +28,6 @@ from safetensors.torch import load_file, save_file
 from . import models, quantize, storage
 from .emotions import EMOTIONS
 from .errors import FerRayError
-from .inference import predict_probs
 from .preprocess import INPUT_SIZE, MEAN, STD, normalize
 
 FORMAT = "fer-ray-bundle"
@@ -63,11 +62,6 @@ class Bundle:
         """uint8 (N,H,W) pixels from preprocess.to_gray48 -> the normalised batch this model expects."""
         p = self.meta["preprocess"]
         return normalize(pixels, p["mean"], p["std"])
-
-    @torch.no_grad()
-    def predict_proba(self, pixels) -> torch.Tensor:
-        self.model.eval()
-        return torch.from_numpy(predict_probs(self.model, self.inputs(pixels)))
 
 
 def save(

@@ -28,7 +28,6 @@ import torch
 from .emotions import EMOTIONS
 from . import placement
 from .plotting import pyplot
-from .inference import predict_probs
 
 # -log(p) of a probability that underflowed to 0 is capped at -log(EPS) (about 27.6).
 EPS = 1e-12
@@ -259,13 +258,16 @@ def plot_samples(pixels, labels, probs, path: str, classes=EMOTIONS, count: int 
 
 
 def evaluate_split(bundle, split, batch_size: int = 256, tta: bool = False) -> tuple[dict, np.ndarray]:
-    """Run `bundle` over a prepared split. Returns (metrics dict, probabilities (N, C))."""
+    """Run `bundle` over a prepared split (through the Recognizer, as labeling does). Returns
+    (metrics dict, probabilities (N, 7) in EMOTIONS order)."""
+    from .recognizer import Recognizer
+
     torch.set_num_threads(placement.available_cores())
-    inputs = bundle.inputs(split.pixels)
+    rec = Recognizer(loaded=bundle, tta=tta, batch_size=batch_size)
     start = time.perf_counter()
-    probs = predict_probs(bundle.model, inputs, batch_size=batch_size, tta=tta)
+    probs = rec.probabilities(split.pixels)
     seconds = time.perf_counter() - start
-    result = metrics(probs, split.labels, bundle.classes)
+    result = metrics(probs, split.labels, EMOTIONS)
     result["not_in_training"] = subset_metrics(probs, split.labels, ~np.asarray(split.in_training, bool))
     result["seconds"] = round(seconds, 3)
     result["images_per_second"] = round(len(split) / seconds, 1) if seconds > 0 else None
@@ -364,7 +366,7 @@ def run_job(req: "Request", say=print) -> dict:
         "split": req.split,
         "tta": bool(req.tta),
         "precision": b.precision,
-        "classes": b.classes,
+        "classes": list(EMOTIONS),
         **result,
         "plots": plots,
         "notes": notes,
@@ -390,10 +392,10 @@ def _plots(b, split, result: dict, probs, folder: str, title: str, samples: int,
         plots["training_curves"] = PLOTS["curves"]
     else:
         notes.append("no training history in the bundle: training curves skipped")
-    plot_confusion(result["confusion"], os.path.join(folder, PLOTS["confusion"]), b.classes,
+    plot_confusion(result["confusion"], os.path.join(folder, PLOTS["confusion"]), EMOTIONS,
                    title=f"{title}: accuracy {result['accuracy']:.3f}")
     plots["confusion"] = PLOTS["confusion"]
-    plot_samples(split.pixels, split.labels, probs, os.path.join(folder, PLOTS["samples"]), b.classes,
+    plot_samples(split.pixels, split.labels, probs, os.path.join(folder, PLOTS["samples"]), EMOTIONS,
                  count=samples, title=title)
     plots["samples"] = PLOTS["samples"]
     return plots

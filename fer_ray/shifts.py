@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import faces
-from .inference import predict_probs
 
 SHIFTS = {
     "clean": ("none", 0),
@@ -111,7 +110,9 @@ def apply(pixels: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
 
 
 def _accuracy(bundle, pixels, labels, batch_size: int) -> float:
-    probs = predict_probs(bundle.model, bundle.inputs(pixels), batch_size=batch_size)
+    from .recognizer import Recognizer
+
+    probs = Recognizer(loaded=bundle, batch_size=batch_size).probabilities(pixels)
     return float((probs.argmax(1) == np.asarray(labels)).mean())
 
 

@@ -140,3 +140,13 @@ def real_face(variant: str = "plain", size: int = 96) -> Image.Image:
         "contrast": ImageEnhance.Contrast(crop).enhance(1.4),
     }[variant]
     return crop.resize((size, size), Image.LANCZOS)
+
+
+def probabilities(b, pixels):
+    """A bundle's class probabilities (EMOTIONS order) for uint8 faces, through the Recognizer, as a
+    torch tensor: what every consumer of a bundle computes."""
+    import torch
+
+    from fer_ray.recognizer import Recognizer
+
+    return torch.from_numpy(Recognizer(loaded=b).probabilities(pixels))

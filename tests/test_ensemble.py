@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import face_like
+from conftest import face_like, probabilities
 from fer_ray import bundle, cli, data, models, quantize
 
 
@@ -34,9 +34,9 @@ def test_ensemble_is_the_mean_of_its_members(members, tmp_path):
     px = np.stack([face_like(i) for i in range(6)])
     ens = bundle.load(out, precision="fp32")
     one = [bundle.load(m, precision="fp32") for m in members]
-    want = (one[0].predict_proba(px) + one[1].predict_proba(px)) / 2
-    assert torch.allclose(ens.predict_proba(px), want, atol=1e-5)
-    assert not torch.allclose(one[0].predict_proba(px), one[1].predict_proba(px), atol=1e-3)  # members differ
+    want = (probabilities(one[0], px) + probabilities(one[1], px)) / 2
+    assert torch.allclose(probabilities(ens, px), want, atol=1e-5)
+    assert not torch.allclose(probabilities(one[0], px), probabilities(one[1], px), atol=1e-3)  # members differ
 
 
 def test_ensemble_refuses_one_member_nesting_and_an_existing_output(members, tmp_path, capsys):
@@ -60,8 +60,8 @@ def test_quantize_an_ensemble_calibrates_every_member(members, tmp_path):
     b = bundle.load(out)
     assert b.precision == "int8"
     px = np.stack([face_like(100 + i) for i in range(8)])
-    fp32 = bundle.load(out, precision="fp32").predict_proba(px)
-    assert float((b.predict_proba(px) - fp32).abs().max()) < 0.1
+    fp32 = probabilities(bundle.load(out, precision="fp32"), px)
+    assert float((probabilities(b, px) - fp32).abs().max()) < 0.1
 
 
 def test_models_are_picked_by_name():

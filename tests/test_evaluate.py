@@ -12,7 +12,7 @@ from fer_ray import bundle, cli, data, models, storage
 from fer_ray import evaluate as ev
 from fer_ray import inference
 from fer_ray.emotions import EMOTIONS
-from conftest import face_like
+from conftest import face_like, probabilities
 
 # ---------------------------------------------------------------- metrics vs hand-computed values
 
@@ -170,7 +170,7 @@ def test_evaluate_cli_end_to_end(tiny, tmp_path, capsys):
         m = json.load(f)
     # metrics.json agrees with the pure functions applied to the bundle's own predictions
     b = bundle.load(bdir)
-    probs = b.predict_proba(px).numpy()
+    probs = probabilities(b, px).numpy()
     want = ev.metrics(probs, labels)
     assert m["n"] == 30 and m["split"] == "PrivateTest" and m["tta"] is False
     assert m["model_id"] == meta["model_id"]

@@ -4,7 +4,7 @@ import torch
 
 from fer_ray import bundle, data, models, preprocess
 from fer_ray.emotions import EMOTIONS
-from conftest import face_like, image_bytes
+from conftest import face_like, image_bytes, probabilities
 
 
 def test_preprocess_shapes_and_normalisation():
@@ -36,7 +36,7 @@ def test_bundle_round_trip(tmp_path):
     m.eval()
     with torch.no_grad():
         want = torch.softmax(m(preprocess.normalize(px)), 1)
-    assert torch.allclose(b.predict_proba(px), want, atol=1e-6)
+    assert torch.allclose(probabilities(b, px), want, atol=1e-6)
 
 
 def test_bundle_rejects_foreign_and_corrupt(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from fer_ray import bundle, cli, models, preprocess
 from fer_ray.emotions import EMOTIONS
-from conftest import face_like, image_bytes
+from conftest import face_like, image_bytes, probabilities
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def _expected(bdir, path):
     b = bundle.load(bdir)
     with open(path, "rb") as f:
         px = preprocess.to_gray48(preprocess.decode(f.read()))
-    return b.predict_proba(px[None]).numpy()[0]
+    return probabilities(b, px[None]).numpy()[0]
 
 
 def test_predict_lines_errors_and_exit_code(tiny_bundle, images, capsys):

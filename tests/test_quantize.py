@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fer_ray import bundle, cli, data, models, preprocess, quantize
-from conftest import face_like
+from conftest import face_like, probabilities
 
 pytestmark = pytest.mark.skipif(not quantize.available(), reason="no x86 quantised engine in this torch")
 
@@ -69,8 +69,8 @@ def test_bundle_int8_round_trip_and_precision_choice(tmp_path):
     auto, fp32 = bundle.load(d), bundle.load(d, precision="fp32")
     assert (auto.precision, fp32.precision, bundle.load(d, gpu=True).precision) == ("int8", "fp32", "fp32")
     px = _faces(16, 500)
-    p8, p32 = auto.predict_proba(px), fp32.predict_proba(px)
-    assert torch.equal(p8, bundle.load(d).predict_proba(px))  # rebuilt the same way every load
+    p8, p32 = probabilities(auto, px), probabilities(fp32, px)
+    assert torch.equal(p8, probabilities(bundle.load(d), px))  # rebuilt the same way every load
     assert (p8 - p32).abs().max() < 0.05 and not torch.equal(p8, p32)
 
     bundle.save(d, models.build("fastnet", widths=(16, 32, 64, 128)), "fastnet", {"widths": [16, 32, 64, 128]})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from conftest import FACE_VARIANTS, real_face
+from conftest import FACE_VARIANTS, probabilities, real_face
 from fer_ray import bundle, quantize
 from fer_ray import faces as framing
 
@@ -50,8 +50,8 @@ def _faces() -> np.ndarray:
 @pytest.mark.skipif(not quantize.available(), reason="no x86 quantised engine in this torch")
 def test_int8_agrees_with_fp32_on_real_looking_faces(name):
     px = _faces()
-    fp32 = bundle.load(name, precision="fp32").predict_proba(px).numpy()
-    int8 = bundle.load(name, precision="int8").predict_proba(px).numpy()
+    fp32 = probabilities(bundle.load(name, precision="fp32"), px).numpy()
+    int8 = probabilities(bundle.load(name, precision="int8"), px).numpy()
     assert len(px) >= 200
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
     assert np.abs(fp32 - int8).max() < 0.15
@@ -69,7 +69,7 @@ def test_the_portrait_is_found_and_labelled_neutral(name):
     (face,) = framing.faces(img, "auto")  # the defaults of label and predict
     assert face.source == "detected"
     b = bundle.load(name)
-    probs = b.predict_proba(face.pixels[None]).numpy()[0]
+    probs = probabilities(b, face.pixels[None]).numpy()[0]
     # neutral, and by a margin: at least 1.5x the next class (aligned from the landmarks, the
     # portrait's face is framed tighter than the old box framing made it, and less sure)
     second, first = np.sort(probs)[-2:]

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from conftest import probabilities
 from fer_ray import bundle, cli, data, loop, models, storage, train
 from fer_ray.errors import UsageError
 from test_loop import separable
@@ -344,7 +345,7 @@ def test_ray_train_two_workers_checkpoints_to_s3_and_resumes_with_the_plateau_sc
     assert training["workers"] == 2 and len(training["history"]) == 4
     # the bundle holds the best epoch's weights: evaluated afresh they give the recorded accuracy
     val = data.load_split(prepared, "PublicTest")
-    fresh = float((b.predict_proba(val.pixels).argmax(1).numpy() == val.labels).mean())
+    fresh = float((probabilities(b, val.pixels).argmax(1).numpy() == val.labels).mean())
     assert b.meta["metrics"]["PublicTest"]["accuracy"] == pytest.approx(fresh, abs=1.5 / len(val.labels))
 
 

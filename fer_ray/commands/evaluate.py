@@ -52,7 +52,7 @@ def run(args) -> int:
     b, result = done["bundle"], done["result"]
     print(f"{b.model_id} ({b.precision}) on {args.split}{' with TTA' if args.tta else ''} "
           f"({result['images_per_second']} img/s)")
-    for line in ev.summary_lines(result, b.classes):
+    for line in ev.summary_lines(result):
         print(line)
     for note in done["notes"]:
         print(f"note: {note}")
