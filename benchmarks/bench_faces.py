@@ -183,11 +183,11 @@ def crops_in_photos(test, rng, n: int = 1200) -> dict:
     model's accuracy on the faces found, framed by landmark alignment (what fer-ray does) and by
     a plain square crop of the detector's box (what a user would write), against the crops as
     they are. How much of FER-2013's own framing each way recovers."""
-    from fer_ray import bundle
     from fer_ray.faces import align
-    from fer_ray.inference import predict_probs
+    from fer_ray.recognizer import Recognizer
 
-    b = bundle.load("fast")
+    rec = Recognizer("fast")
+    b = rec.bundle
     idx = rng.choice(len(test.labels), min(n, len(test.labels)), replace=False)
     y, kept, aligned, square = np.asarray(test.labels)[idx], [], [], []
     for k, i in enumerate(idx):
@@ -204,7 +204,7 @@ def crops_in_photos(test, rng, n: int = 1200) -> dict:
         aligned.append(align.align(np.asarray(canvas), d.landmarks))
         box = (round(x + w / 2 - side / 2), round(yy + h / 2 - side / 2), round(x + w / 2 + side / 2), round(yy + h / 2 + side / 2))
         square.append(np.asarray(canvas.crop(box).resize((48, 48), Image.BILINEAR)))
-    acc = lambda px: float((predict_probs(b.model, b.inputs(np.stack(px))).argmax(1) == y[kept]).mean())  # noqa: E731
+    acc = lambda px: float((rec.probabilities(np.stack(px)).argmax(1) == y[kept]).mean())  # noqa: E731
     out = {"found": len(kept) / len(idx), "original": acc([np.asarray(test.pixels[idx[k]]) for k in kept]),
            "aligned": acc(aligned), "square_box": acc(square)}
     print(f"{len(idx)} PrivateTest crops placed in photos, turned up to 15 degrees: a face found in {out['found']:.1%}; "

@@ -1,6 +1,6 @@
-"""Inference: normalised crops -> class probabilities, the one call every consumer makes
-(labeling actors, `predict`, `evaluate`, the shift suite, bundles), optionally with 10-view
-test-time augmentation in plain torch ops."""
+"""Inference: normalised crops -> class probabilities, optionally with 10-view test-time
+augmentation in plain torch ops. The Recognizer (recognizer.py) makes this call for every
+consumer: labeling, `predict`, `serve`, `evaluate`, the shift suite."""
 
 from __future__ import annotations
 
