@@ -15,7 +15,6 @@ import sys
 import time
 
 import pyarrow.dataset as pads
-import pytest
 
 from conftest import face_like, image_bytes
 from fer_ray import query, runs
