@@ -156,3 +156,14 @@ def test_emotion_labeler_in_a_users_ray_data_pipeline(ray_local, rec, tmp_path):
 def test_a_url_of_another_scheme_is_refused_by_name(rec):
     with pytest.raises(ImageError, match=r"https:// is not supported"):
         rec.detect_emotions("https://example.com/face.jpg")
+
+
+def test_the_readme_python_example_runs_as_written(capsys):
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    (code,) = re.findall(r"## From Python\n\n```python\n(.*?)```", readme, re.S)
+    exec(compile(code, "README.md", "exec"), {})
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("[") and line.split("] ")[1].split()[0] in EMOTIONS
