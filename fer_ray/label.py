@@ -249,10 +249,24 @@ def _run_leased(job: Job, d, lease, run_id, say, t0, checked) -> dict:
         marker = runs.commit(d, run_id, dict(marker, finished_at=runs.utcnow(),
                                              total_seconds=round(time.monotonic() - t0, 3)))
     except Exception as exc:  # noqa: BLE001 - DEST gone, unwritable, credentials revoked: one line
-        raise FerRayError(f"run {run_id} could not commit to {job.dest}: {_why(exc)}; nothing committed "
-                          f"(a marker is written last: the next run resumes or starts afresh)") from exc
+        raise FerRayError(_commit_failed(d, run_id, job.dest, exc)) from exc
     marker["output"] = d.uri_of(f"{runs.RUN_PREFIX}{run_id}")
     return marker
+
+
+def _commit_failed(d, run_id: str, dest: str, exc: BaseException) -> str:
+    """The one line for a commit that failed: true whether or not the marker made it (a write the
+    store applied may have failed on the client)."""
+    try:
+        landed = any(m["run_id"] == run_id for m in runs.committed_runs(d.uri))
+    except Exception:  # noqa: BLE001 - the store is still failing: say so
+        return (f"run {run_id} could not commit to {dest}: {_why(exc)}; whether it committed, "
+                f"{runs.RUNS_DIR}/{run_id}.json will tell: run again with --incremental, which labels only "
+                f"what no committed run holds")
+    if landed:
+        return f"run {run_id} committed to {dest}, but then: {_why(exc)}"
+    return (f"run {run_id} could not commit to {dest}: {_why(exc)}; nothing committed "
+            f"(a marker is written last: the next run resumes or starts afresh)")
 
 
 def _by_ext(counts: dict) -> str:

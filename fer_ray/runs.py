@@ -260,14 +260,29 @@ def commit(d: Dest, run_id: str, marker: dict) -> dict:
             os.replace(src, dst)
     marker = dict(marker, run_id=run_id, files=[f"{RUN_PREFIX}{run_id}/{n}" for n in parts])
     marker.setdefault("finished_at", utcnow())
-    d.write_json(d.marker(run_id), marker)
-    d.rm(d.staging(run_id))
+    try:
+        d.write_json(d.marker(run_id), marker)
+    except Exception:
+        if not _marker_written(d, run_id, marker):  # else: the PUT was applied, only its reply was lost
+            raise
+    # From here the run is committed: what is left of its staging, the next run removes (open_run)
+    with contextlib.suppress(Exception):
+        d.rm(d.staging(run_id))
     if not d.s3:
         try:
             os.rmdir(d.staging())  # only when empty: nothing else is running or left over
         except OSError:
             pass
     return marker
+
+
+def _marker_written(d: Dest, run_id: str, marker: dict) -> bool:
+    """Whether DEST holds exactly this marker (a write that failed on the client may have been
+    applied by the store)."""
+    try:
+        return d.read_json(d.marker(run_id)) == json.loads(json.dumps(marker))
+    except Exception:  # noqa: BLE001 - cannot tell: the caller says so
+        return False
 
 
 ROWS_PER_FILE = 500_000
@@ -429,6 +444,8 @@ class Lease:
             held, etag = self._read()
             if held is None:
                 continue  # released meanwhile: try again
+            if held.get("owner") == self.owner:
+                break  # our own write, applied by the store, its reply lost and the retry refused
             if float(held.get("expires", 0)) > time.time() and not _holder_gone(held):
                 left = float(held["expires"]) - time.time()
                 raise LeaseHeld(f"{self.d.uri} is being labeled by another run ({held.get('run') or 'unknown'} "
