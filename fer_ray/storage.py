@@ -377,7 +377,13 @@ def read_local(path: str, limit: int = MAX_OBJECT_BYTES) -> bytes:
     """A regular file's bytes, at most `limit` of them (TooLarge beyond that); anything that is not
     a regular file raises NotAFile without a byte read. O_NONBLOCK: opening a FIFO must not wait
     for a writer."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if "\\x" not in path:
+            raise
+        fd = os.open(raw_path(path), flags)  # a name printable_path escaped: the file's own name
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
@@ -505,14 +511,20 @@ def _local_info(stat) -> dict:
 
 def printable_path(path: str) -> str:
     """A local path as Parquet and JSON can hold it (UTF-8): bytes that are not UTF-8, which
-    os.fsdecode keeps as lone surrogates, become \\xNN. Such a path is not the file's own, so
-    reading it gives a 'not found' row: the one row the file gets, where its raw name failed the
-    whole run."""
+    os.fsdecode keeps as lone surrogates, become \\xNN; reading such a path (read_local) opens the
+    file by its own name (raw_path). A file named with a literal backslash-x wins over it."""
     try:
         path.encode("utf-8")
         return path
     except UnicodeEncodeError:
         return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def raw_path(path: str) -> bytes:
+    """The file name printable_path escaped: each \\xNN back to its byte."""
+    import re
+
+    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), path.encode("utf-8"))
 
 
 def _path_entry(path: str) -> tuple[str, dict]:
