@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..preprocess import INPUT_SIZE, full_size, to_gray
+from ..preprocess import INPUT_SIZE, full_size, to_gray, to_gray48
 from ..schema import FACE_MODES
 from . import align, detector, framer
 from .detector import crop_like
@@ -68,12 +68,6 @@ def _clip(box, width: int, height: int) -> Box:
     return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
 
 
-def _whole(gray: Image.Image, size: int) -> np.ndarray:
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-    return np.asarray(gray, dtype=np.uint8)
-
-
 def faces(img: Image.Image, mode: str = "auto", size: int = INPUT_SIZE) -> list[Face]:
     """The model inputs of one decoded image, one per face (see the module docstring for modes)."""
     return faces_many([img], mode, size)[0]
@@ -105,7 +99,7 @@ def _framings(grays: list) -> dict:
     picked = [k for k, g in enumerate(grays) if crop_like(*g.size)]
     if not picked:
         return {}
-    small = np.stack([_whole(grays[k], framer.SIZE) for k in picked])
+    small = np.stack([to_gray48(grays[k], framer.SIZE) for k in picked])
     read = framer.predict(small)
     if read is None:
         return {}
@@ -117,20 +111,20 @@ def _faces(img: Image.Image, gray: Image.Image, mode: str, size: int, hint=None)
     width, height = gray.size
     whole = (0, 0, width, height)
     if mode == "crop":
-        return [Face(whole, _whole(gray, size), "whole-image")]
+        return [Face(whole, to_gray48(gray, size), "whole-image")]
     if hint is not None and hint[0].face >= FRAMER_FACE and hint[0].scale >= FRAMER_MIN_ZOOM:
         read, small = hint
         if not worth_reframing(read):
-            return [Face(whole, small if size == framer.SIZE else _whole(gray, size), "as-framed")]
+            return [Face(whole, small if size == framer.SIZE else to_gray48(gray, size), "as-framed")]
         box = framer_box(width, height, read.scale, read.dx, read.dy)
         pixels = framer.reframe(np.asarray(gray, dtype=np.uint8), read.scale, read.angle, read.dx, read.dy, size)
         return [Face(_clip(box, width, height), pixels, "detected")]
     found = detector.detect(img)
     if mode == "auto" and crop_like(width, height):
         if not found:
-            return [Face(whole, _whole(gray, size), "whole-image")]
+            return [Face(whole, to_gray48(gray, size), "whole-image")]
         if len(found) == 1 and align.is_canonical(found[0].landmarks, width, height):
-            return [Face(whole, _whole(gray, size), "as-framed", found[0].score)]
+            return [Face(whole, to_gray48(gray, size), "as-framed", found[0].score)]
     arr = np.asarray(gray, dtype=np.uint8)
     out = []
     for d in found:
@@ -172,7 +166,7 @@ def frame_crops(pixels, mode: str = "auto", threads: int | None = None) -> tuple
 
     def one(k):
         found = _faces(imgs[k], imgs[k], mode, INPUT_SIZE, hints.get(k))
-        return (found[0].pixels, found[0].source) if found else (_whole(imgs[k], INPUT_SIZE), "whole-image")
+        return (found[0].pixels, found[0].source) if found else (to_gray48(imgs[k], INPUT_SIZE), "whole-image")
 
     with cf.ThreadPoolExecutor(threads or available_cores()) as pool:  # OpenCV releases the GIL
         done = list(pool.map(one, range(len(imgs))))
