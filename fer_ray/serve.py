@@ -29,11 +29,13 @@ from .emotions import EMOTIONS
 from .errors import one_line
 from .preprocess import MAX_PIXELS, PHOTO_SIDE, DecodeError, jpeg_reduction, decode, full_size
 
-# Ray Serve gives its HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core
-# machine a new proxy process takes longer than that to start, and serve.start fails after
-# killing it again and again. Serve's controller reads this when it starts, so it must be in the
-# environment of the process that starts a local Ray (a cluster's nodes need it in theirs).
-PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+# Read by Serve's controller and proxies when they start, so they must be in the environment of
+# the process that starts a local Ray (a cluster's nodes need them in theirs). Serve gives its
+# HTTP proxy 5 s to report ready and kills it otherwise; on a busy 2-core machine a new proxy
+# process takes longer than that to start, and serve.start fails after killing it again and
+# again. The callback puts time limits on the proxy's connections (proxy_limits.py).
+PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "fer_ray.proxy_limits:install"}
 MAX_REQUEST_BYTES = 20 << 20
 MAX_IMAGES = 16
 # Decoded pixels per request, all images together: one image's limit. Without it, 16 small PNGs

@@ -72,6 +72,11 @@ def faulty_s3(s3_server, monkeypatch):
         yield proxy
 
 
+# fer-ray serve's connection time limits (proxy_limits.py), short so that their tests take seconds
+SERVE_LIMITS_ENV = {"FER_RAY_SERVE_HEADER_TIMEOUT_S": "2", "FER_RAY_SERVE_BODY_GAP_S": "2",
+                    "FER_RAY_SERVE_BODY_TIMEOUT_S": "4"}
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_server, tmp_path_factory):
     """One local Ray for the whole session (2 CPUs, no dashboard), after the S3 env is set."""
@@ -82,8 +87,8 @@ def ray_local(s3_server, tmp_path_factory):
         from fer_ray.serve import PROXY_ENV
 
         # as `fer-ray serve` starts its local Ray (`label` the same, without Serve's settings)
-        placement.start_local(ray, env=PROXY_ENV, num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")),
-                              log_to_driver=False)
+        placement.start_local(ray, env={**PROXY_ENV, **SERVE_LIMITS_ENV}, num_cpus=2,
+                              _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -181,3 +181,72 @@ def test_serve_refuses_a_port_already_listened_on(monkeypatch, capsys, reuse_por
     err = capsys.readouterr().err
     assert code == 1 and time.monotonic() - start < 10  # no Ray start, no model load
     assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "in use" in err
+
+
+# ------------------------------------------------------------- connections that never finish
+# The session's local Ray starts its proxy with short limits (conftest.SERVE_LIMITS_ENV); each
+# test waits on the socket itself (the server closing it, or its answer), never on a clock.
+WAIT_S = 60  # far above the limits: reaching it means the server held the connection
+
+
+def _connect(server) -> socket.socket:
+    host, port = server.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=WAIT_S)
+    return s
+
+
+def _closed_by_server(s: socket.socket, trickle: bytes = b"", every_s: float = 0.2) -> bytes:
+    """Everything the server sent until it closed the connection, sending `trickle` a byte at a
+    time meanwhile (a slow client); fails if the server holds the connection for WAIT_S."""
+    s.settimeout(every_s if trickle else WAIT_S)
+    got, deadline, i = b"", time.monotonic() + WAIT_S, 0
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            try:
+                s.sendall(trickle[i % len(trickle):i % len(trickle) + 1])  # the client's pace, not a wait
+            except (BrokenPipeError, ConnectionResetError):
+                return got
+            i += 1
+            continue
+        except ConnectionResetError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+    raise AssertionError(f"the server held the connection for {WAIT_S} s (got {got[:200]!r})")
+
+
+def test_a_connection_that_sends_nothing_is_closed(server):
+    with _connect(server) as s:
+        assert _closed_by_server(s) == b""
+
+
+def test_a_header_sent_a_byte_at_a_time_is_cut_off(server):
+    with _connect(server) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        assert _closed_by_server(s, trickle=b"X-Slow: aaaaaaaaaaaaaaaaaaaa\r\n") == b""
+
+
+@pytest.mark.parametrize("trickle", [b"", b"x"], ids=["body-shorter-than-declared", "body-a-byte-at-a-time"])
+def test_a_body_that_never_completes_is_408_and_closed(server, trickle):
+    with _connect(server) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n"
+                  + image_bytes(face_like(1)))
+        reply = _closed_by_server(s, trickle=trickle)
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received in time" in reply
+
+
+def test_kept_alive_connections_still_serve_request_after_request(server):
+    """The limits apply per request: a connection used well is not cut off."""
+    import http.client
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=WAIT_S)
+    crop = image_bytes(face_like(2))
+    for _ in range(3):
+        conn.request("POST", "/predict", crop, {"Content-Type": "image/png"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["images"][0]["faces"]
+    conn.close()
