@@ -18,6 +18,7 @@ MAX_REQUEST_PIXELS together 413, bytes that are no image 400.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
 import os
 
@@ -41,6 +42,9 @@ MAX_IMAGES = 16
 # Decoded pixels per request, all images together: one image's limit. Without it, 16 small PNGs
 # of 7900x7900 (180 KB each) decode to 3 GB at once.
 MAX_REQUEST_PIXELS = MAX_PIXELS
+# glibc keeps the freed buffers of a request's images (hundreds of MB for a few large PNGs) for
+# the replica's lifetime unless asked to give them back; after a small request it is not asked.
+RELEASE_ABOVE_PIXELS = 4_000_000
 BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}  # faces per forward pass, and how long to gather
 
 
@@ -67,9 +71,14 @@ class Predictor:
             return JSONResponse({"error": "not found: POST /predict or GET /healthz"}, status_code=404)
         try:
             images = await _images(request)
+            pixels = await _pixels_within_budget(images)
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        results = list(await asyncio.gather(*(self._one(name, data) for name, data in images)))
+        try:
+            results = list(await asyncio.gather(*(self._one(name, data) for name, data in images)))
+        finally:
+            if pixels > RELEASE_ABOVE_PIXELS:
+                await asyncio.to_thread(_release_memory)
         body = {"model_id": self.bundle.model_id, "images": results}
         if all(r["error"] for r in results):  # nothing usable in the request: the client's error
             return JSONResponse({"error": results[0]["error"], **body}, status_code=400)
@@ -90,7 +99,7 @@ class Predictor:
         probs = await asyncio.gather(*(self.classify(f.pixels) for f in found))
         for face, p in zip(found, probs):
             k = int(np.argmax(p))
-            out["faces"].append({"box": [int(v) for v in face.box], "face_source": face.source, "emotion": EMOTIONS[k],
+            out["faces"].append({"box": [int(v) for v in face.box], "face_source": face.face_source, "emotion": EMOTIONS[k],
                                  "confidence": round(float(p[k]), 4),
                                  "probabilities": {e: round(float(v), 4) for e, v in zip(EMOTIONS, p)}})
         return out
@@ -106,6 +115,14 @@ class Predictor:
     async def classify(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Faces from concurrent requests, one forward pass (called with one face, run with many)."""
         return list(self.rec.probabilities(np.stack(crops)))
+
+
+def _release_memory() -> None:
+    """Return freed heap memory to the system (glibc's malloc_trim; elsewhere nothing to do)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _route(scope) -> str:
@@ -154,11 +171,16 @@ async def _images(request) -> list[tuple[str, bytes]]:
         images = [("body", bytes(body))]
     if not images or not any(data for _, data in images):
         raise RequestError("no image in the request: POST the image bytes, or multipart files")
+    return images
+
+
+async def _pixels_within_budget(images: list[tuple[str, bytes]]) -> int:
+    """The pixels the request's images decode to, all together; over the budget a 413."""
     pixels = sum(await asyncio.to_thread(lambda: [_decoded_pixels(data) for _, data in images]))
     if pixels > MAX_REQUEST_PIXELS:
         raise RequestError(f"too many pixels: the images decode to {pixels} (at most {MAX_REQUEST_PIXELS} "
                            "per request)", 413)
-    return images
+    return pixels
 
 
 def _decoded_pixels(data: bytes) -> int:

@@ -250,3 +250,27 @@ def test_kept_alive_connections_still_serve_request_after_request(server):
         r = conn.getresponse()
         assert r.status == 200 and json.loads(r.read())["images"][0]["faces"]
     conn.close()
+
+
+def _replica_rss_mb() -> float:
+    import psutil
+
+    (replica,) = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:fer-ray" in " ".join(p.info["cmdline"] or [])]
+    return replica.memory_info().rss / 2**20
+
+
+def test_requests_at_the_pixel_budget_do_not_accumulate_memory(server):
+    """15 PNGs of 4 MPixel (60 MPixel: just under the budget) decode to hundreds of MB in the
+    replica. The first such request leaves its threads' detectors and heaps behind; after that,
+    each one gives back what it took, so the replica's memory stays flat request after request."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (120, 90, 60)).save(out, "PNG")
+    body, headers = multipart([(f"{i}.png", out.getvalue()) for i in range(15)])
+    sizes = []
+    for _ in range(4):
+        status, got = call(f"{server}/predict", body, headers)
+        assert status == 200 and [im["width"] for im in got["images"]] == [2000] * 15
+        sizes.append(_replica_rss_mb())
+    assert max(sizes[1:]) - sizes[0] < 40, f"the replica's memory grew request after request: {sizes} MB"
