@@ -171,8 +171,8 @@ def measure_framing(prepared: str, n: int) -> dict:
     print(f"a face found (framer or detector, --faces auto) in {len(keep)} PrivateTest crops, per shift:")
     found_rate = {}
     for name in shifts.SHIFTS:
-        _, sources = faces.frame_crops(shifts.apply(px, name))
-        found_rate[name] = (sources["as-framed"] + sources["detected"]) / len(keep)
+        _, face_sources = faces.frame_crops(shifts.apply(px, name))
+        found_rate[name] = (face_sources["as-framed"] + face_sources["detected"]) / len(keep)
         print(f"  {name:<16} {found_rate[name]:.1%}")
     in_photos = crops_in_photos(test, rng)
     return {"template": np.median(lms, 0).round(4).tolist(), "found": found_rate, "in_photos": in_photos}

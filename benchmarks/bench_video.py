@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import figures  # noqa: E402
 from fer_ray import bundle, labeler  # noqa: E402
+from fer_ray.config import LabelConfig  # noqa: E402
 
 SIZE, RATE = (640, 480), 30
 
@@ -104,8 +105,8 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     b = bundle.load()
-    stage = labeler.Labeler(bundle.default_path(), b.model_id, "bench", faces="auto", threads=1, loaded=b,
-                            video_fps=args.fps)
+    stage = labeler.Labeler(bundle.default_path(), b.model_id, "bench", LabelConfig(faces="auto", video_fps=args.fps),
+                            threads=1, loaded=b)
     cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
     load = os.getloadavg()[0]
     print(f"load average {load:.2f} on {os.cpu_count()} cores; model {b.model_id} ({b.precision}); "

@@ -94,7 +94,7 @@ def save(
     if calibrate_on is not None and quantize.available():
         stored = models.build(arch, **(arch_args or {}))
         stored.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        int8 = _write_int8(directory, stored, calibrate_on, source=calibrated_from)
+        int8 = _write_int8(directory, stored, calibrate_on, calibrated_from=calibrated_from)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -164,8 +164,9 @@ def _local_copy(uri: str) -> str:
 def load(uri: str | None = None, gpu: bool = False, optimize: bool = True, precision: str = "auto") -> Bundle:
     """Load a bundle (local dir or s3:// URI; default: the shipped bundle for this device), in eval
     mode. `optimize` folds BatchNorm and uses channels-last (same outputs). `precision` auto runs
-    int8 on CPU when the bundle carries a calibration (about 3x the fp32 rate, same accuracy to
-    +-0.3 points on FER-2013), else fp32; fp32 or int8 force one."""
+    int8 on CPU when the bundle carries a calibration (faster than fp32 at the same accuracy:
+    docs/benchmarks.md, "Model forward rate", and the shipped models' cards), else fp32; fp32 or
+    int8 force one."""
     if precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if gpu and precision == "int8":
@@ -271,14 +272,15 @@ def save_ensemble(directory: str, member_dirs: list[str], metrics: dict | None =
     return meta
 
 
-def calibrate(directory: str, pixels, samples: int = 2048, seed: int = 0, source: str = "") -> dict:
+def calibrate(directory: str, pixels, samples: int = 2048, seed: int = 0, calibrated_from: str = "") -> dict:
     """Calibrate a local bundle (each member of an ensemble) for int8 on `samples` random rows of
-    uint8 (N,48,48) `pixels` (training images, never the test splits). Returns its metadata."""
+    uint8 (N,48,48) `pixels` (training images, never the test splits), recorded as coming from
+    `calibrated_from` (the prepared data's path). Returns its metadata."""
     ensure_writable(directory)
     for d in members_of(directory):
         b = load(d, precision="fp32", optimize=False)
         meta = read_meta(d)
-        meta["int8"] = _write_int8(d, b.model, pixels, samples, seed, source)
+        meta["int8"] = _write_int8(d, b.model, pixels, samples, seed, calibrated_from)
         write_meta(d, meta)
     meta = read_meta(directory)
     if meta.get("members"):
@@ -306,7 +308,7 @@ def _int8_model(directory: str, meta: dict, model: torch.nn.Module) -> torch.nn.
 
 
 def _write_int8(directory: str, model: torch.nn.Module, pixels, samples: int = 2048, seed: int = 0,
-                source: str = "") -> dict:
+                calibrated_from: str = "") -> dict:
     """Observe `model` (fp32, this bundle's preprocessing) on `samples` random rows of `pixels`;
     writes the observers beside the weights and returns the bundle's "int8" entry. The model_id
     (a hash of the fp32 weights) does not change."""
@@ -318,7 +320,8 @@ def _write_int8(directory: str, model: torch.nn.Module, pixels, samples: int = 2
     batches = (normalize(pixels[idx[i:i + 256]], MEAN, STD) for i in range(0, n, 256))
     model.eval()
     save_file(quantize.calibrate(model, batches, INPUT_SIZE), os.path.join(directory, INT8_FILE))
-    return {"engine": quantize.ENGINE, "file": INT8_FILE, "calibration": {"images": n, "seed": seed, "source": source}}
+    calibration = {"images": n, "seed": seed, "source": calibrated_from}  # the key shipped bundles hold
+    return {"engine": quantize.ENGINE, "file": INT8_FILE, "calibration": calibration}
 
 
 SHIPPED = ("fast", "accurate")  # bundle names under fer_ray/bundles/

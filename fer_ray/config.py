@@ -177,9 +177,11 @@ class LabelConfig:
                                        flag=False)
     fetch_threads: int = _setting(16, int, "GETs or local reads in flight per batch", flag=False)
     freeze_min_images: int = _setting(20_000, int, "TorchScript for the CPU model from this many images per actor or "
-                                      "process on (5-25 % less CPU an image, 1-3 CPU-s to compile)", flag=False)
+                                      "process on (less CPU an image, but seconds of CPU to compile: docs/labeling.md, "
+                                      "How it is built)", flag=False)
     in_process_seconds: float = _setting(30.0, float, "a run goes to Ray when its estimated work here exceeds this "
-                                         "(starting Ray and a pool costs ~10-15 s on a small machine)", flag=False)
+                                         "(what starting Ray and a pool costs: docs/benchmarks.md, Command line, end to end)",
+                                         flag=False)
     seconds_per_object: dict = _setting({"crop": 0.0006, "auto": 0.01, "detect": 0.01, "video": 5.0}, dict,
                                         "estimated labeling seconds of one object here, per faces mode", flag=False)
     auto_crop_bytes: int = _setting(64 << 10, int, "in auto, objects this small are most likely face crops, which "

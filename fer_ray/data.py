@@ -2,17 +2,18 @@
 
     DIR/Training.parquet, DIR/PublicTest.parquet, DIR/PrivateTest.parquet
     DIR/prepare.json   summary: source, options, counts per split/class, bad rows, defects, checksum
-    DIR/sources.csv    (image-folder sources only) source_row -> file, to trace a row to its image
+    DIR/sources.csv    (raw image folders only) source_row -> file, to trace a row to its image
 
 DIR may be a local folder or an s3:// URI (read, checksum and write alike).
 
 Columns: pixels (binary, 48*48 uint8 row-major, the output of preprocess.to_gray48; or, written
-with png=True, the same pixels as a lossless PNG: 25 % smaller, for moving data to a GPU machine),
-label (int8, 0..6 in EMOTIONS order), split (string), source_row (int64, 0-based data row of the
-source: CSV data rows after the header, blank lines not counted; for an image folder, the index in
-the sorted file list), in_training (bool: pixel-identical to some row of the *written* Training
-split; for leakage-free reporting), votes (list<float32> of 7, FER+ annotator votes mapped to
-EMOTIONS order; null without FER+, or where none of the 7 emotions got a vote).
+with png=True, the same pixels as a lossless PNG: smaller, for moving data to a GPU machine;
+docs/training.md, "Preparing it"), label (int8, 0..6 in EMOTIONS order), split (string),
+source_row (int64, 0-based data row of the raw data prepare's --source named: CSV data rows after
+the header, blank lines not counted; for an image folder, the index in the sorted file list),
+in_training (bool: pixel-identical to some row of the *written* Training split; for leakage-free
+reporting), votes (list<float32> of 7, FER+ annotator votes mapped to EMOTIONS order; null without
+FER+, or where none of the 7 emotions got a vote).
 """
 
 from __future__ import annotations

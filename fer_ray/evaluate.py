@@ -330,10 +330,10 @@ def run_job(req: "Request", say=print) -> dict:
            + ("" if req.faces == "crop" else f"-faces-{req.faces}"))
     if req.faces != "crop":
         try:
-            split.pixels, sources = faces.frame_crops(split.pixels, req.faces)
+            split.pixels, face_sources = faces.frame_crops(split.pixels, req.faces)
         except faces.detector.DetectorUnavailable as exc:
             raise FerRayError(f"--faces {req.faces}: {exc}") from None
-        say(f"framing ({req.faces}): " + ", ".join(f"{n} {s}" for s, n in sources.items()))
+        say(f"framing ({req.faces}): " + ", ".join(f"{n} {s}" for s, n in face_sources.items()))
     shipped = bundle_mod.is_shipped(bundle_mod.resolve(req.model))
     out = req.out or (f"eval-{b.model_id}-{key}" if shipped else storage.join(req.model, f"eval-{key}"))
     try:

@@ -42,12 +42,12 @@ BLANK_MAX_RANGE = 8
 CANONICAL_CSV_MD5 = "f8428a1edbd21e88f42c73edd2a14f95"
 
 # --------------------------------------------------------------------------------------------
-# Reading a source
+# Reading the raw data: the FER-2013 CSV or folder (`fer-ray prepare --source`)
 
 
 @dataclass
-class Source:
-    """Valid rows of a source plus what was wrong with the others."""
+class Raw:
+    """The raw data as read: its valid rows, and what was wrong with the others."""
 
     kind: str  # "csv" | "folder"
     path: str
@@ -59,7 +59,7 @@ class Source:
     source_rows: np.ndarray  # int64 (N,)
     bad_rows: list = field(default_factory=list)  # [{"row", "line"|"file", "reason"}]
     info: dict = field(default_factory=dict)  # kind-specific facts for the summary
-    files: list | None = None  # folder sources: relative path per source_row
+    files: list | None = None  # the folder layout: relative path per source_row
 
 
 _SPLIT_NAMES = {s.lower(): i for i, s in enumerate(SPLITS)}
@@ -125,7 +125,7 @@ def _pixel_problem(text: bytes) -> str:
     return "unparseable pixels field"
 
 
-def read_csv(path: str) -> Source:
+def read_csv(path: str) -> Raw:
     """The canonical fer2013.csv (columns emotion, pixels, Usage in any order; header names are
     matched case-insensitively, surrounding spaces ignored, as in Kaggle's icml_face_data.csv)."""
     sha = storage.sha256_file(path)
@@ -216,7 +216,7 @@ def read_csv(path: str) -> Source:
     pixels = (np.concatenate(chunks_px) if chunks_px else np.zeros((0, NUM_PIXELS), np.uint8))
     md5 = stream.md5.hexdigest()
     bad.sort(key=lambda b: b["row"])
-    return Source(
+    return Raw(
         kind="csv", path=os.path.abspath(path), sha256=sha, total_rows=row + 1,
         pixels=pixels.reshape(-1, INPUT_SIZE, INPUT_SIZE), labels=np.asarray(labels, np.int64),
         splits=np.asarray(splits, np.int8), source_rows=np.asarray(rows, np.int64), bad_rows=bad,
@@ -281,7 +281,7 @@ def _decode_file(full: str):
         return payload, None, None, str(exc)
 
 
-def read_folder(path: str, threads: int | None = None) -> Source:
+def read_folder(path: str, threads: int | None = None) -> Raw:
     """The image-folder layout; every image goes through preprocess.decode + to_gray48."""
     files = list_folder(path)
     h = hashlib.sha256()
@@ -310,7 +310,7 @@ def read_folder(path: str, threads: int | None = None) -> Source:
             splits.append(_folder_split(top, os.path.basename(rel)))
             rows.append(row)
     pixels = np.stack(px) if px else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
-    return Source(
+    return Raw(
         kind="folder", path=os.path.abspath(path), sha256=h.hexdigest(), total_rows=len(files),
         pixels=pixels, labels=np.asarray(labels, np.int64), splits=np.asarray(splits, np.int8),
         source_rows=np.asarray(rows, np.int64), bad_rows=bad,
@@ -318,7 +318,7 @@ def read_folder(path: str, threads: int | None = None) -> Source:
     )
 
 
-def read_source(path: str) -> Source:
+def read_raw(path: str) -> Raw:
     if not os.path.exists(path):
         raise FerRayError(f"source not found: {path}")
     if os.path.isdir(path):
@@ -394,34 +394,34 @@ def _conflicting_groups(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ids[n_labels > 1]
 
 
-def analyse(src: Source, drop_blank: bool = False, drop_duplicates: bool = False) -> dict:
+def analyse(data: Raw, drop_blank: bool = False, drop_duplicates: bool = False) -> dict:
     """Defects of the valid rows and which Training rows to drop. Returns a dict with 'keep'
     (bool per valid row), 'in_training' (bool per valid row, against the kept Training rows)
     and the summary sections 'blank', 'duplicates', 'leakage', 'dropped'."""
-    n = len(src.labels)
-    flat = src.pixels.reshape(n, -1)
-    train = src.splits == 0
+    n = len(data.labels)
+    flat = data.pixels.reshape(n, -1)
+    train = data.splits == 0
     hi = flat.max(axis=1, initial=0).astype(np.int16)
     lo = flat.min(axis=1, initial=255).astype(np.int16)
     blank = hi - lo <= BLANK_MAX_RANGE
     all_black = hi == 0
 
-    groups = _group_ids(src.pixels)
+    groups = _group_ids(data.pixels)
     n_groups = int(groups.max()) + 1 if n else 0
     sizes = np.bincount(groups, minlength=n_groups)
-    conflicting = _conflicting_groups(groups, src.labels)
+    conflicting = _conflicting_groups(groups, data.labels)
 
     def contains(mask):
         present = np.zeros(n_groups, bool)
         present[groups[mask]] = True
         return present
 
-    in_source_training = contains(train)[groups]
-    in_public = contains(src.splits == 1)[groups]
+    in_raw_training = contains(train)[groups]
+    in_public = contains(data.splits == 1)[groups]
 
     # Training-only duplicate structure: what --drop-duplicates acts on.
     t_idx = np.flatnonzero(train)
-    t_groups, t_labels = groups[t_idx], src.labels[t_idx]
+    t_groups, t_labels = groups[t_idx], data.labels[t_idx]
     t_sizes = np.bincount(t_groups, minlength=n_groups)
     t_conflicting = _conflicting_groups(t_groups, t_labels)
     is_t_conflicting = np.zeros(n_groups, bool)
@@ -448,7 +448,7 @@ def analyse(src: Source, drop_blank: bool = False, drop_duplicates: bool = False
     in_training = contains(train & keep)[groups] & ~train
 
     def by_split(mask):
-        return {s: int((mask & (src.splits == i)).sum()) for i, s in enumerate(SPLITS)}
+        return {s: int((mask & (data.splits == i)).sum()) for i, s in enumerate(SPLITS)}
 
     return {
         "keep": keep,
@@ -458,7 +458,7 @@ def analyse(src: Source, drop_blank: bool = False, drop_duplicates: bool = False
             "rows": int(blank.sum()),
             "all_black": int(all_black.sum()),
             "by_split": by_split(blank),
-            "source_rows": [int(r) for r in src.source_rows[blank]],
+            "source_rows": [int(r) for r in data.source_rows[blank]],
         },
         "duplicates": {
             "unique_images": n_groups,
@@ -470,28 +470,29 @@ def analyse(src: Source, drop_blank: bool = False, drop_duplicates: bool = False
             "training_conflicting_label_groups": int(len(t_conflicting)),
         },
         "leakage": {
-            "PublicTest_in_Training": int((in_source_training & (src.splits == 1)).sum()),
-            "PrivateTest_in_Training": int((in_source_training & (src.splits == 2)).sum()),
-            "PrivateTest_in_PublicTest": int((in_public & (src.splits == 2)).sum()),
+            "PublicTest_in_Training": int((in_raw_training & (data.splits == 1)).sum()),
+            "PrivateTest_in_Training": int((in_raw_training & (data.splits == 2)).sum()),
+            "PrivateTest_in_PublicTest": int((in_public & (data.splits == 2)).sum()),
         },
         "dropped": {
             "blank": dropped_blank,
             "duplicate": dropped_dup,
             "conflicting_label": dropped_conflict,
             "total": int((~keep).sum()),
-            "source_rows": [int(r) for r in src.source_rows[~keep]],
+            "source_rows": [int(r) for r in data.source_rows[~keep]],
         },
     }
 
 
-def prepare(source: str, output: str, ferplus: str | None = None, drop_duplicates: bool = False,
+def prepare(raw: str, output: str, ferplus: str | None = None, drop_duplicates: bool = False,
             drop_blank: bool = False, png: bool = False) -> dict:
-    """Read, validate and analyse a FER-2013 source; write DIR/<split>.parquet and DIR/prepare.json.
+    """Read, validate and analyse the raw FER-2013 CSV or folder `raw` (prepare's --source); write
+    DIR/<split>.parquet and DIR/prepare.json.
     Returns the summary (also written to prepare.json)."""
     started = time.time()
-    if not os.path.exists(source):
-        raise FerRayError(f"source not found: {source}")
-    if ferplus is not None and os.path.isdir(source):
+    if not os.path.exists(raw):
+        raise FerRayError(f"source not found: {raw}")
+    if ferplus is not None and os.path.isdir(raw):
         raise UsageError(
             "--ferplus needs the CSV source: FER+ votes are joined by row position, which an image "
             "folder does not have"
@@ -502,26 +503,26 @@ def prepare(source: str, output: str, ferplus: str | None = None, drop_duplicate
     if ferplus is not None:
         fp_votes, fp_usage, fp_sha = read_ferplus(ferplus)  # fail fast, before the long read
 
-    src = read_source(source)
-    n = len(src.labels)
+    data = read_raw(raw)
+    n = len(data.labels)
     if n == 0:
-        raise FerRayError(f"no valid rows in {source} ({len(src.bad_rows)} bad rows; first: "
-                          f"{src.bad_rows[0]['reason'] if src.bad_rows else 'none'})")
+        raise FerRayError(f"no valid rows in {raw} ({len(data.bad_rows)} bad rows; first: "
+                          f"{data.bad_rows[0]['reason'] if data.bad_rows else 'none'})")
 
     votes = None
     ferplus_info = None
     if fp_votes is not None:
-        if len(fp_votes) != src.total_rows:
+        if len(fp_votes) != data.total_rows:
             raise FerRayError(
-                f"FER+ file has {len(fp_votes)} rows but the source has {src.total_rows}: "
+                f"FER+ file has {len(fp_votes)} rows but the source has {data.total_rows}: "
                 "they must be the same rows in the same order (join is by row position)"
             )
-        votes = fp_votes[src.source_rows].copy()
+        votes = fp_votes[data.source_rows].copy()
         empty = votes.sum(axis=1) <= 0
         votes[empty] = np.nan
-        src_split_names = np.asarray(SPLITS)[src.splits]
-        fp_split = np.asarray(fp_usage, dtype=object)[src.source_rows]
-        mismatch = int(sum(1 for a, b in zip(src_split_names, fp_split) if b and a != b))
+        raw_split_names = np.asarray(SPLITS)[data.splits]
+        fp_split = np.asarray(fp_usage, dtype=object)[data.source_rows]
+        mismatch = int(sum(1 for a, b in zip(raw_split_names, fp_split) if b and a != b))
         ferplus_info = {
             "path": os.path.abspath(ferplus), "sha256": fp_sha, "rows": int(len(fp_votes)),
             "rows_with_votes": int((~empty).sum()), "rows_without_votes": int(empty.sum()),
@@ -530,29 +531,29 @@ def prepare(source: str, output: str, ferplus: str | None = None, drop_duplicate
                        "neutral; contempt/unknown/NF dropped; raw vote counts",
         }
 
-    result = analyse(src, drop_blank=drop_blank, drop_duplicates=drop_duplicates)
+    result = analyse(data, drop_blank=drop_blank, drop_duplicates=drop_duplicates)
     keep, in_training = result.pop("keep"), result.pop("in_training")
 
-    source_counts, counts, written = {}, {}, []
+    raw_counts, counts, written = {}, {}, []
     for i, split in enumerate(SPLITS):
-        in_split = src.splits == i
-        source_counts[split] = {"rows": int(in_split.sum()), "classes": _class_counts(src.labels[in_split])}
+        in_split = data.splits == i
+        raw_counts[split] = {"rows": int(in_split.sum()), "classes": _class_counts(data.labels[in_split])}
         sel = np.flatnonzero(in_split & keep)
         name = f"{split}.parquet"
         if len(sel) == 0:
             remove(output, name)  # no stale split from an earlier run
             counts[split] = {"rows": 0, "classes": _class_counts([]), "in_training": 0}
             continue
-        write_split(output, split, src.pixels[sel], src.labels[sel], source_rows=src.source_rows[sel],
+        write_split(output, split, data.pixels[sel], data.labels[sel], source_rows=data.source_rows[sel],
                     in_training=in_training[sel], votes=None if votes is None else votes[sel], png=png)
         written.append(split)
-        counts[split] = {"rows": int(len(sel)), "classes": _class_counts(src.labels[sel]),
+        counts[split] = {"rows": int(len(sel)), "classes": _class_counts(data.labels[sel]),
                          "in_training": int(in_training[sel].sum())}
-    if src.files is not None:
+    if data.files is not None:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["source_row", "file"])
-        w.writerows(enumerate(src.files))
+        w.writerows(enumerate(data.files))
         write_bytes(output, SOURCES_FILE, buf.getvalue().encode())
     else:
         remove(output, SOURCES_FILE)
@@ -563,17 +564,17 @@ def prepare(source: str, output: str, ferplus: str | None = None, drop_duplicate
         "format": 1,
         "fer_ray_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "rows": src.total_rows,
-                   "valid_rows": n, **src.info},
+        "source": {"path": data.path, "kind": data.kind, "sha256": data.sha256, "rows": data.total_rows,
+                   "valid_rows": n, **data.info},
         "ferplus": ferplus_info,
         "options": {"drop_duplicates": drop_duplicates, "drop_blank": drop_blank, "png": png,
                     "blank_max_range": BLANK_MAX_RANGE,
                     "drops_apply_to": "Training only; test splits are kept intact"},
         "splits": written,
         "counts": counts,
-        "source_counts": source_counts,
-        "bad_row_count": len(src.bad_rows),
-        "bad_rows": src.bad_rows,
+        "source_counts": raw_counts,
+        "bad_row_count": len(data.bad_rows),
+        "bad_rows": data.bad_rows,
         **result,
         "checksum": checksum(output),
         "elapsed_s": round(time.time() - started, 2),
@@ -584,8 +585,8 @@ def prepare(source: str, output: str, ferplus: str | None = None, drop_duplicate
 
 def format_summary(summary: dict, output: str) -> str:
     """The short human summary `fer-ray prepare` prints."""
-    src = summary["source"]
-    lines = [f"prepared {src['path']} ({src['kind']}, {src['rows']} rows) -> {output} "
+    raw = summary["source"]
+    lines = [f"prepared {raw['path']} ({raw['kind']}, {raw['rows']} rows) -> {output} "
              f"in {summary['elapsed_s']:.1f}s"]
     for split in SPLITS:
         c = summary["counts"][split]

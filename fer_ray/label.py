@@ -30,10 +30,10 @@ from .video import is_video
 
 # Objects per Ray Data block, which is one labeling call in an actor (the model runs it in chunks
 # of LabelConfig.forward_chunk), unless --batch-size says: about BLOCK_SECONDS of work by the
-# estimates in LabelConfig, within BLOCK_OBJECTS. Per-block costs (Ray's hand-offs, the driver's
-# Parquet writes) made blocks of 1,024 crops run ~1.15x faster than 256 at steady state, and
-# 4,096 ~1.07x faster than 1,024 (docs/benchmarks.md). Photos stay at 1,024: there a block is
-# ten seconds of work already, and what Ray redoes when an actor dies.
+# estimates in LabelConfig, within BLOCK_OBJECTS. Each block pays Ray's hand-offs and the driver's
+# Parquet writes once, so larger blocks run faster at steady state (docs/benchmarks.md, "Objects
+# per block"). Photos stay at the lower bound: a block of them is long already, and it is what
+# Ray redoes when an actor dies.
 BLOCK_OBJECTS = (1024, 4096)
 BLOCK_SECONDS = 2.5
 
@@ -78,11 +78,9 @@ class Job:
         return cfg.seconds_per_object.get(cfg.faces, 0.01)
 
     def labeler_args(self, run_id: str, **placement) -> dict:
-        """What a Labeler is built with: the model, the run and the settings it reads."""
-        cfg = self.cfg
-        return dict(model_uri=self.model_uri, model_id=self.model_id, run_id=run_id, faces=cfg.faces, gpu=cfg.gpu,
-                    precision=self.precision, tta=cfg.tta, fetch_threads=cfg.fetch_threads, video_fps=cfg.video_fps,
-                    **placement)
+        """What a Labeler is built with: the model, the run, its settings and where it runs."""
+        return dict(model_uri=self.model_uri, model_id=self.model_id, run_id=run_id, cfg=self.cfg,
+                    precision=self.precision, **placement)
 
 
 # ---------------------------------------------------------------------------- the driver side
@@ -313,8 +311,8 @@ def label_here(todo, job: Job, run_id: str, loaded, per_block: int):
     frames the next batch while `model_threads_here` others run the model on the last ones
     (torch releases the GIL), the cores split between them. The model is the slower stage on CPUs
     without fast int8 units, so it gets every core; split, no core waits for another at each
-    layer while decoding takes its turn (2 cores, 20,000 crops: 1.27x faster at steady state than
-    one model thread on both; docs/benchmarks.md).
+    layer while decoding takes its turn, which beats one model thread on all of them
+    (docs/benchmarks.md, "Two forward passes at once in the run's own process").
     Yields result tables in order."""
     import concurrent.futures as cf
 
@@ -381,7 +379,7 @@ def build_dataset(ray, todo, job: Job, run_id: str, per_block: int):
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         ds = ds.map_batches(
             Labeler,
-            fn_constructor_kwargs=job.labeler_args(run_id, threads=threads, forward_chunk=cfg.forward_chunk,
+            fn_constructor_kwargs=job.labeler_args(run_id, threads=threads,
                                                    freeze=len(todo) / n >= cfg.freeze_min_images),
             batch_size=None,  # one block, one batch: blocks() decided what goes together
             batch_format="pyarrow",

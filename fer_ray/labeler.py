@@ -12,53 +12,53 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
+from .config import LabelConfig
 from .emotions import EMOTIONS
 from .faces import NO_FACE, crop_like, faces, framer
 from .preprocess import full_size
 from .schema import LABEL_SCHEMA, PROB_COLUMNS
-from .video import DEFAULT_FPS, Clip, is_video
+from .video import Clip, is_video
 
 INPUT_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
 MAX_OBJECT_BYTES = storage.MAX_OBJECT_BYTES  # larger objects are not fetched: one error row instead
 FETCH_BYTES = 64 << 20  # at most this many bytes fetched at once per batch in flight
+GPU_CHUNK = 1024  # faces per forward call on a GPU, which needs large calls to be kept busy
 
 
 class Labeler:
     """The fused stage: one instance per actor; called with a pyarrow batch of URI rows."""
 
-    def __init__(self, model_uri, model_id, run_id, faces="auto", threads=1, gpu=False, forward_chunk=64,
-                 fetch_threads=16, freeze=False, precision="auto", tta=False, loaded=None, video_fps=DEFAULT_FPS,
-                 overlap=0):
-        """`loaded`: the bundle already in memory (labeling in the driver's process), else loaded here.
-        `freeze`: on CPU, run the model as TorchScript, traced, frozen and optimised for inference."""
+    def __init__(self, model_uri, model_id, run_id, cfg: LabelConfig | None = None, *, precision="auto",
+                 threads=1, forward_chunk=None, freeze=False, loaded=None, overlap=0):
+        """`cfg`: the run's settings. The rest is what the driver decides for this run and process:
+        the model (`model_id` catches a bundle replaced under the run) and its `precision` as it
+        loaded there; torch `threads`, faces per forward call (default: cfg.forward_chunk, an
+        actor's), `freeze` (CPU: TorchScript, worth its start-up in long runs only), `loaded` (the
+        bundle already in the driver's memory) and `overlap` (in the driver's process: that many
+        model threads beside the decoding one)."""
         import threading
 
         import torch
 
         from .recognizer import Recognizer
 
-        torch.set_num_threads(max(1, int(threads)))
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
-        gpu = gpu and torch.cuda.is_available()
-        self.rec = Recognizer(model_uri, faces, tta, "cuda" if gpu else "cpu", precision, freeze and not gpu,
-                              forward_chunk if not gpu else 1024, loaded=loaded)
+        self.cfg = cfg = cfg or LabelConfig()
+        _torch_threads(threads)
+        gpu = cfg.gpu and torch.cuda.is_available()
+        chunk = GPU_CHUNK if gpu else forward_chunk or cfg.forward_chunk
+        self.rec = Recognizer(model_uri, cfg.faces, cfg.tta, "cuda" if gpu else "cpu", precision, freeze and not gpu,
+                              chunk, loaded=loaded)
         if self.rec.bundle.model_id != model_id:
             raise RuntimeError(f"model changed under the run: {self.rec.bundle.model_id} != {model_id}")
-        self.model_id, self.run_id, self.faces = model_id, run_id, faces
-        self.video_fps = float(video_fps)
+        self.model_id, self.run_id = model_id, run_id
         self.chunk = self.rec.batch_size
-        self.fetcher = storage.Fetcher(fetch_threads)
-        # Batches in flight in an actor fetch concurrently but compute one at a time. `overlap`
-        # (labeling in the driver's process): up to that many threads run the model on batches
-        # while another decodes the next one.
+        self.fetcher = storage.Fetcher(cfg.fetch_threads)
+        # Batches in flight in an actor fetch concurrently but compute one at a time; in the
+        # driver's process the model runs on some batches while the next one decodes.
         self.decoding = threading.RLock()
         self.modeling = threading.BoundedSemaphore(int(overlap)) if overlap else self.decoding
-        if faces == "auto":  # the framer reads the crops: load it while the first batch is fetched
+        if cfg.faces == "auto":  # the framer reads the crops: load it while the first batch is fetched
             threading.Thread(target=framer.load, daemon=True).start()
-
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.finish(self.prepare(batch))
@@ -120,7 +120,7 @@ class Labeler:
         the video's length), then an error row if it could not be read to the end."""
         from PIL import Image
 
-        mode = "crop" if self.faces == "crop" else "detect"  # a frame with no face stays unlabelled
+        mode = "crop" if self.cfg.faces == "crop" else "detect"  # a frame with no face stays unlabelled
         rows, probs, pending = [], [], []
 
         def flush():
@@ -131,12 +131,12 @@ class Labeler:
 
         try:
             with self.fetcher.local_copy(uri) as path:  # S3: streamed to a temporary file
-                clip = Clip(path, self.video_fps)
+                clip = Clip(path, self.cfg.video_fps)
                 with self.decoding:
                     for f in clip.frames():
                         h, w = f.gray.shape
                         found = faces(Image.fromarray(f.gray), mode, self.rec.size)
-                        pending.extend(Row(i, j, c.box, w, h, c.pixels, None, c.source, f.index, f.time_s)
+                        pending.extend(Row(i, j, c.box, w, h, c.pixels, None, c.face_source, f.index, f.time_s)
                                        for j, c in enumerate(found))
                         if not found:
                             pending.append(Row(i, 0, None, w, h, None, None, NO_FACE, f.index, f.time_s))
@@ -189,7 +189,7 @@ class Labeler:
             "box_y": pa.array([b[1] if b else None for b in box], pa.int32()),
             "box_w": pa.array([b[2] if b else None for b in box], pa.int32()),
             "box_h": pa.array([b[3] if b else None for b in box], pa.int32()),
-            "face_source": pa.array([r.source for r in rows], pa.string()),
+            "face_source": pa.array([r.face_source for r in rows], pa.string()),
             "image_width": pa.array([r.width for r in rows], pa.int32()),
             "image_height": pa.array([r.height for r in rows], pa.int32()),
             "object_size": pa.array([sizes[r.obj] for r in rows], pa.int64()),
@@ -222,7 +222,7 @@ class Row(NamedTuple):
     height: int | None = None
     pixels: np.ndarray | None = None  # the model's input; None for rows without a label
     error: str | None = None
-    source: str | None = None  # faces.SOURCES or NO_FACE
+    face_source: str | None = None  # faces.FACE_SOURCES or NO_FACE
     frame: int | None = None  # video frame index
     time_s: float | None = None
 
@@ -233,8 +233,18 @@ def _rows(i: int, img, found) -> list:
         return [Row(i, error=f"cannot process image: {type(found).__name__}")]
     width, height = full_size(img)
     if not found:  # a photo without a face found: a row that says so, no label and no error
-        return [Row(i, width=width, height=height, source=NO_FACE)]
-    return [Row(i, j, face.box, width, height, face.pixels, None, face.source) for j, face in enumerate(found)]
+        return [Row(i, width=width, height=height, face_source=NO_FACE)]
+    return [Row(i, j, face.box, width, height, face.pixels, None, face.face_source) for j, face in enumerate(found)]
+
+
+def _torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # torch ran parallel work in this process already (the driver's): keep it
+        pass
 
 
 def _nan(n: int) -> np.ndarray:

@@ -126,8 +126,9 @@ def _inputs(px: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def bf16_native(device: torch.device) -> bool:
-    """CUDA, or a CPU with AMX tiles: there bf16 matmuls and convolutions run about 2x faster than
-    fp32 (AVX2-only CPUs emulate bf16 and run slower, so they stay in fp32)."""
+    """CUDA, or a CPU with AMX tiles: there bf16 matmuls and convolutions run faster than fp32
+    (docs/benchmarks.md, "bf16 on CPUs with AMX"); AVX2-only CPUs emulate bf16, slower than fp32,
+    so they stay in fp32."""
     if device.type == "cuda":
         return True
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
@@ -173,7 +174,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: tor
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, amp: bool = True) -> dict:
+def loss_and_accuracy(model: torch.nn.Module, batches, amp: bool = True) -> dict:
     """Plain cross-entropy and accuracy on hard labels, summed over ranks. Uses the unwrapped model
     (a DDP forward would sync buffers, and ranks may hold different numbers of eval batches)."""
     net = unwrap(model)
@@ -309,7 +310,7 @@ def fit(model, train_batches, val_batches, config, reporter, start_state: dict |
             sums[1] += (logits.detach().argmax(1) == y).sum()
             sums[2] += len(y)
         train_loss, train_correct, train_n = _all_sum(sums).tolist()
-        val = evaluate(model, val_batches, cfg.amp)
+        val = loss_and_accuracy(model, val_batches, cfg.amp)
         if not per_step:
             scheduler.step(val["accuracy"])
         if val["accuracy"] > best["val_acc"]:

@@ -91,7 +91,7 @@ def fastnet(widths=(24, 48, 96), depth: int = 2, dropout: float = 0.2, stem_stri
             num_classes: int = NUM_CLASSES):
     """Small and quick on CPU: a stride-2 stem (48 -> 24 px), then stages of `depth` dense 3x3
     convs with max-pooling between them, global pooling. Dense convs on purpose: depthwise-separable
-    blocks have fewer FLOPs but trained 2x slower and ran no faster here (oneDNN on 2 cores).
+    blocks have fewer FLOPs but trained slower and ran no faster on CPU (oneDNN on 2 cores).
     `stem_stride=1` keeps the full 48 px in the first stage: ~4x the compute, the same weights'
     shapes (so a stride-2 model can start its training)."""
     layers: list[nn.Module] = [_conv_bn(1, widths[0], stride=stem_stride)]

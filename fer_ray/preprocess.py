@@ -29,8 +29,8 @@ STD = 0.2550
 MAX_PIXELS = 64_000_000
 # Photos are decoded at no less than this on their longer side where the format allows decoding
 # smaller for free (JPEG's DCT scaling: 1/2, 1/4, 1/8): faces are searched at 800 px
-# (faces.detector.MAX_SIDE), so a 4000x3000 photo decodes at 2000x1500 in a third of the time
-# and a quarter of the memory, and its faces keep twice the pixels the search needs.
+# (faces.detector.MAX_SIDE), so a 4000x3000 photo decodes at 2000x1500: a quarter of the pixels
+# to make and hold, and its faces keep twice the pixels the search needs.
 PHOTO_SIDE = 1600
 FULL_SIZE = "fer_ray.full_size"  # info key of a reduced image: (width, height) of the upright file
 
@@ -121,7 +121,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _decode_plain(data: bytes, max_pixels: int, reduce_to: int | None = None) -> Image.Image | None:
     """The common case, decoded by OpenCV: a complete 8-bit grey or colour JPEG (no EXIF, no Adobe
     colour transform) or PNG (no transparency, CRCs intact) within the size limit. On a 48x48 JPEG
-    crop it takes 40 % of Pillow's CPU, most of which goes to parsing the header in Python.
+    crop it takes a fraction of Pillow's CPU, which goes mostly to parsing the header in Python
+    (docs/labeling.md, "How it is built (design)").
     The pixels are the same libjpeg/zlib output Pillow gives (tests/test_preprocess.py compares);
     None for any other file, which Pillow decodes or rejects with its own reason."""
     if data.startswith(_PNG_SIGNATURE):

@@ -4,8 +4,8 @@ Conv+BN+ReLU are fused and run as int8 kernels (per-channel weights, activations
 observers). Observers follow the x86 backend's qconfig (activations on 7 bits, so that CPUs
 without VNNI cannot saturate their 16-bit pair sums); the kernels are oneDNN's wherever torch has
 them. The x86 engine picks oneDNN only on CPUs with AVX-512 VNNI and FBGEMM elsewhere, and on
-AVX2-only CPUs oneDNN ran the shipped models 1.4-2.2x faster with the same predictions
-(docs/benchmarks.md). A bundle stores only the calibrated observers (plain float tensors, beside
+AVX2-only CPUs oneDNN ran the shipped models faster with the same predictions (docs/benchmarks.md,
+"Model forward rate"). A bundle stores only the calibrated observers (plain float tensors, beside
 the fp32 weights), so loading stays a safetensors read: the quantised model is rebuilt from the fp32 one
 on load, deterministically, with no calibration data needed."""
 
@@ -32,7 +32,8 @@ def _prepare(model: torch.nn.Module, size: int = 48, float_modules: tuple = ()) 
 
     torch.backends.quantized.engine = ENGINE
     # FX records a symbolised stack trace for every node it traces (for its error messages):
-    # that was two thirds of loading an int8 bundle, paid by every labeling process and actor
+    # that was most of loading an int8 bundle, paid by every labeling process and actor
+    # (docs/labeling.md, "How it is built (design)")
     traces = torch.fx.config.do_not_emit_stack_traces
     torch.fx.config.do_not_emit_stack_traces = True
     mapping = get_default_qconfig_mapping(ENGINE)

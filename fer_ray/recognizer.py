@@ -147,7 +147,7 @@ def answer(face, probs: np.ndarray) -> dict:
     """One face's dict: box [x, y, w, h], emotions {name: probability}, label, confidence, face_source."""
     best = int(np.argmax(probs))
     return {"box": [int(v) for v in face.box], "emotions": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs)},
-            "label": EMOTIONS[best], "confidence": float(probs[best]), "face_source": face.source}
+            "label": EMOTIONS[best], "confidence": float(probs[best]), "face_source": face.face_source}
 
 
 def _name(image, k: int) -> str:
@@ -208,8 +208,9 @@ def _from_array(arr: np.ndarray, channels: str):
 
 
 def frozen(model, size: int = 48):
-    """The model traced, frozen and optimised for CPU inference by TorchScript: ~1.3x less CPU per
-    image for fp32 (fused conv+ReLU, oneDNN layouts), and the whole forward runs without the GIL.
+    """The model traced, frozen and optimised for CPU inference by TorchScript: less CPU per image
+    (fused conv+ReLU, oneDNN layouts; docs/labeling.md, "How it is built (design)"), and the whole forward
+    runs without the GIL.
     Falls back to the eager model unless the frozen one gives the same probabilities on a test
     batch of another size than the one traced."""
     import torch

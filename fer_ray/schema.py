@@ -26,7 +26,7 @@ LABEL_SCHEMA = pa.schema(
         pa.field("box_y", pa.int32()),
         pa.field("box_w", pa.int32()),
         pa.field("box_h", pa.int32()),
-        # how the model's input was cut: as-framed | detected | whole-image (faces.SOURCES), or
+        # how the model's input was cut: as-framed | detected | whole-image (faces.FACE_SOURCES), or
         # NO_FACE (a photo or video frame without a face found: no label, no error); null in
         # error rows and in outputs written before the column existed (so are frame_index and
         # timestamp_s)

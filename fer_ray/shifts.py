@@ -119,7 +119,8 @@ def _accuracy(bundle, pixels, labels, batch_size: int) -> float:
 def run(bundle, split, names=None, seed: int = 0, sample: int | None = None, batch_size: int = 256,
         say=None) -> dict:
     """Accuracy of `bundle` on `split` under each shift: {"shifts": [{name, model, framed,
-    sources}], "clean", "mean", "drop"} with mean/drop over the shifts other than clean."""
+    sources (crops per face_source)}], "clean", "mean", "drop"} with mean/drop over the shifts
+    other than clean."""
     names = list(names or SHIFTS)
     pixels, labels = np.asarray(split.pixels), np.asarray(split.labels)
     if sample and sample < len(labels):
@@ -128,9 +129,9 @@ def run(bundle, split, names=None, seed: int = 0, sample: int | None = None, bat
     rows = []
     for name in names:
         shifted = apply(pixels, name, seed)
-        reframed, sources = faces.frame_crops(shifted)
+        reframed, face_sources = faces.frame_crops(shifted)
         row = {"shift": name, "model": _accuracy(bundle, shifted, labels, batch_size),
-               "framed": _accuracy(bundle, reframed, labels, batch_size), "sources": sources}
+               "framed": _accuracy(bundle, reframed, labels, batch_size), "sources": face_sources}
         rows.append(row)
         if say:
             say(f"  {name:<16} model {row['model']:.4f}  framed {row['framed']:.4f}")

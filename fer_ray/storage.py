@@ -401,10 +401,10 @@ class Fetcher:
     consumer (labeling actors, `predict`, report thumbnails) reads images.
 
     S3 goes through one botocore client per fetcher (thread-safe, connection pool as large as the
-    thread pool): exactly one GetObject per object. s3fs's `cat` costs about twice the server work
-    per object (it sends extra requests) and ~2x the client CPU, which on a small machine that also
-    runs the S3 server is the difference between S3-bound and client-bound (see
-    docs/benchmarks.md). Failures come back as exceptions, one per URI."""
+    thread pool): exactly one GetObject per object. s3fs's `cat` sends extra requests per object,
+    more work for the server and more client CPU, which on a small machine that also runs the S3
+    server is the difference between S3-bound and client-bound (docs/benchmarks.md, "Local folder
+    and local S3, Intel Xeon"). Failures come back as exceptions, one per URI."""
 
     def __init__(self, threads: int = 16):
         self.threads = max(1, int(threads))
@@ -470,8 +470,8 @@ class Fetcher:
             yield got
 
     def fetch(self, uris: list[str]) -> list:
-        # Local files are read right here: a read from the page cache takes microseconds, and a
-        # hop through the pool costs ten times that in GIL hand-offs; S3 GETs wait on the network.
+        # Local files are read right here: a read from the page cache is quicker than the GIL
+        # hand-offs of a hop through the pool; S3 GETs wait on the network.
         out = [None if is_s3(u) else self._read_local(u) for u in uris]
         remote = [i for i, u in enumerate(uris) if is_s3(u)]
         got = self.pool.map(self._get_s3, [uris[i] for i in remote]) if len(remote) > 1 else \
@@ -553,8 +553,8 @@ def _scan(folder: str, root: str, skipped) -> list:
 
 def _walk_local(root: str, skipped=None):
     """(path, {size, mtime}) for every entry under a local folder that is not a folder: os.scandir,
-    about 5x less per file than fsspec's `find` (a million-file folder lists in seconds). FIFOs,
-    devices and dangling links are listed too: reading them gives their error row.
+    cheaper per file than fsspec's `find` (docs/benchmarks.md, "Listing and planning at scale").
+    FIFOs, devices and dangling links are listed too: reading them gives their error row.
 
     Each folder is walked once, keyed by (st_dev, st_ino): a link to a folder is followed only
     when its target is walked by no other path (real folders first, then links in name order, so

@@ -57,7 +57,7 @@ def test_degenerate_landmarks_are_a_value_error():
 
 def test_crop_mode_is_the_whole_image():
     faces = framing.faces(Image.new("RGB", (123, 45)), "crop")
-    assert [(f.box, f.source, f.pixels.shape) for f in faces] == [((0, 0, 123, 45), "whole-image", (48, 48))]
+    assert [(f.box, f.face_source, f.pixels.shape) for f in faces] == [((0, 0, 123, 45), "whole-image", (48, 48))]
 
 
 def test_unknown_mode_is_a_value_error():
@@ -68,7 +68,7 @@ def test_unknown_mode_is_a_value_error():
 def test_a_crop_framed_like_fer2013_goes_in_as_it_is():
     img = real_face("plain", 48)
     (face,) = framing.faces(img, "auto")
-    assert face.source == "as-framed"
+    assert face.face_source == "as-framed"
     assert np.array_equal(face.pixels, np.asarray(img.convert("L")))
 
 
@@ -83,7 +83,7 @@ def _zoomed_out(factor: float, size: int = 96) -> Image.Image:
 def test_a_loosely_framed_crop_is_reframed():
     img = _zoomed_out(0.55)
     (face,) = framing.faces(img, "auto")
-    assert face.source == "detected"
+    assert face.face_source == "detected"
     x, y, w, h = face.box
     assert 0.4 * 96 <= w <= 0.7 * 96  # the face, not the frame
     # the re-framed face fills the model input the way the test face fills its own crop; the
@@ -97,7 +97,7 @@ def test_a_loosely_framed_crop_is_reframed():
 def test_a_crop_without_a_face_goes_in_whole_a_photo_has_no_face():
     crop = Image.new("L", (200, 180), 128)
     (face,) = framing.faces(crop, "auto")
-    assert face.source == "whole-image" and face.box == (0, 0, 200, 180)
+    assert face.face_source == "whole-image" and face.box == (0, 0, 200, 180)
     assert framing.faces(crop, "detect") == []
     photo = Image.new("RGB", (640, 480), (90, 140, 200))  # a photo: never labelled whole
     assert framing.faces(photo, "auto") == [] and framing.faces(photo, "detect") == []
@@ -109,7 +109,7 @@ def test_several_faces_each_get_a_row_and_boxes_are_clipped():
     canvas.paste(real_face("mirror", 150), (420, 40))
     canvas.paste(real_face("dark", 130), (-40, 200))  # cut by the left and bottom border
     found = framing.faces(canvas, "auto")
-    assert len(found) == 3 and all(f.source == "detected" and 0.6 <= f.score <= 1 for f in found)
+    assert len(found) == 3 and all(f.face_source == "detected" and 0.6 <= f.score <= 1 for f in found)
     for f in found:
         x, y, w, h = f.box
         assert x >= 0 and y >= 0 and x + w <= 600 and y + h <= 300
@@ -122,7 +122,7 @@ def test_faces_many_is_faces_image_by_image():
     for mode in framing.MODES:
         together = framing.faces_many(imgs, mode)
         alone = [framing.faces(img, mode) for img in imgs]
-        assert [[(f.box, f.source) for f in fs] for fs in together] == [[(f.box, f.source) for f in fs] for fs in alone]
+        assert [[(f.box, f.face_source) for f in fs] for fs in together] == [[(f.box, f.face_source) for f in fs] for fs in alone]
         for a, b in zip(together, alone):
             for fa, fb in zip(a, b):
                 assert np.abs(fa.pixels.astype(int) - fb.pixels).max() <= 1
@@ -132,9 +132,9 @@ def test_frame_crops_counts_sources():
     pixels = np.stack([np.asarray(real_face("plain", 48).convert("L")),
                        np.full((48, 48), 128, np.uint8),
                        np.asarray(_zoomed_out(0.55).resize((48, 48)))])
-    out, sources = framing.frame_crops(pixels, "auto")
+    out, face_sources = framing.frame_crops(pixels, "auto")
     assert out.shape == (3, 48, 48)
-    assert sources == {"as-framed": 1, "detected": 1, "whole-image": 1}
+    assert face_sources == {"as-framed": 1, "detected": 1, "whole-image": 1}
 
 
 @pytest.mark.parametrize("mode", ["I;16", "CMYK", "RGBA", "P"])
@@ -147,4 +147,4 @@ def test_photos_of_any_mode_have_their_face_found(mode):
         img = photo.convert(mode)
     (face,) = framing.faces(img, "auto")
     x, y, w, h = face.box
-    assert face.source == "detected" and 300 <= x + w / 2 <= 450 and face.pixels.shape == (48, 48)
+    assert face.face_source == "detected" and 300 <= x + w / 2 <= 450 and face.pixels.shape == (48, 48)

@@ -79,7 +79,7 @@ def test_auto_reframes_a_looser_or_tilted_crop_back_towards_the_original(shift):
     face = _face()
     seen = shifts.apply(face[None], shift)[0]
     (found,) = framing.faces(Image.fromarray(seen), "auto")
-    assert found.source == "detected"
+    assert found.face_source == "detected"
     assert _corr(found.pixels, face) > _corr(seen, face) + 0.1
 
 
@@ -87,7 +87,7 @@ def test_auto_reframes_a_looser_or_tilted_crop_back_towards_the_original(shift):
 def test_auto_leaves_a_tighter_or_moved_crop_as_it_is(shift):
     seen = shifts.apply(_face()[None], shift)[0]
     (found,) = framing.faces(Image.fromarray(seen), "auto")
-    assert found.source == "as-framed" and np.array_equal(found.pixels, seen)
+    assert found.face_source == "as-framed" and np.array_equal(found.pixels, seen)
 
 
 def test_the_framer_box_of_a_canonical_crop_is_fer2013s_face_box():

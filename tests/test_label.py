@@ -130,8 +130,9 @@ def test_tta_labels_with_the_mean_over_ten_views(tmp_path):
         p.write_bytes(image_bytes(face_like(i)))
         paths.append(str(p))
     b = bundle.load()
-    plain = labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", faces="crop")(_batch(paths))
-    tta = labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", faces="crop", tta=True)(_batch(paths))
+    stages = [labeler_mod.Labeler(bundle.default_path(), b.model_id, "r", label.LabelConfig(faces="crop", tta=tta))
+              for tta in (False, True)]
+    plain, tta = (stage(_batch(paths)) for stage in stages)
     px = np.stack([face_like(i) for i in range(3)])
     want = inference.predict_probs(b.model, b.inputs(px), tta=True)
     got = np.stack([tta.column(c).to_numpy() for c in PROB_COLUMNS], 1)
@@ -209,7 +210,7 @@ def test_detect_mode_rows_per_face(tmp_path):
     canvas.save(group)
     blank.write_bytes(image_bytes(np.full((200, 300), 128, np.uint8)))
     meta = bundle.load().meta
-    lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r", faces="detect")
+    lab = labeler_mod.Labeler(bundle.default_path(), meta["model_id"], "r", label.LabelConfig(faces="detect"))
     rows = lab(_batch([str(group), str(blank)])).to_pylist()
     g = [r for r in rows if r["image_path"] == str(group)]
     boxes = [f.box for f in faces.faces(Image.open(group), "detect")]

@@ -39,7 +39,7 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_weights():
     torch.manual_seed(0)
     model = models.build("fastnet", **TINY)
     tb, vb = batches(batch_size=16)
-    before = loop.evaluate(model, vb)
+    before = loop.loss_and_accuracy(model, vb)
     rec = Recorder()
     out = loop.fit(model, tb, vb, {"epochs": 4, "augment": None, "warmup_epochs": 0}, rec)
     hist = out["history"]
@@ -50,7 +50,7 @@ def test_fit_learns_a_separable_problem_and_keeps_the_best_weights():
     # the kept weights really are the best epoch's: evaluating them gives its val accuracy
     best_model = models.build("fastnet", **TINY)
     best_model.load_state_dict(out["best"]["model"])
-    again = loop.evaluate(best_model, vb)
+    again = loop.loss_and_accuracy(best_model, vb)
     assert again["accuracy"] == pytest.approx(out["best"]["val_acc"])
     assert out["best"]["val_acc"] == max(h["val_acc"] for h in hist)
 

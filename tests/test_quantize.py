@@ -63,7 +63,7 @@ def test_bundle_int8_round_trip_and_precision_choice(tmp_path):
         bundle.load(d, precision="int8")
     assert bundle.load(d).precision == "fp32"  # auto without a calibration
 
-    after = bundle.calibrate(d, _faces(40), samples=32, source="fixture")
+    after = bundle.calibrate(d, _faces(40), samples=32, calibrated_from="fixture")
     assert after["model_id"] == meta["model_id"]  # same weights, same identity
     assert after["int8"]["calibration"] == {"images": 32, "seed": 0, "source": "fixture"}
     auto, fp32 = bundle.load(d), bundle.load(d, precision="fp32")

@@ -67,7 +67,7 @@ def test_the_portrait_is_found_and_labelled_neutral(name):
 
     img = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))
     (face,) = framing.faces(img, "auto")  # the defaults of label and predict
-    assert face.source == "detected"
+    assert face.face_source == "detected"
     b = bundle.load(name)
     probs = probabilities(b, face.pixels[None]).numpy()[0]
     # neutral, and by a margin: at least 1.5x the next class (aligned from the landmarks, the

@@ -42,7 +42,7 @@ class Item:
     image: object = None  # PIL image, upright
     boxes: list = field(default_factory=list)
     crops: list = field(default_factory=list)  # uint8 48x48, one per box
-    sources: list = field(default_factory=list)  # faces.SOURCES, one per box
+    face_sources: list = field(default_factory=list)  # faces.FACE_SOURCES, one per box
     probs: list = field(default_factory=list)  # np arrays (C,), one per box
     error: str | None = None
 
@@ -81,7 +81,7 @@ def load_item(uri: str, data, rec: Recognizer) -> Item:
         raise FerRayError(f"--faces {rec.faces}: {exc}") from None
     item.boxes = [f.box for f in found]
     item.crops = [f.pixels for f in found]
-    item.sources = [f.source for f in found]
+    item.face_sources = [f.face_source for f in found]
     return item
 
 
@@ -179,12 +179,12 @@ def run(args) -> int:
             if args.json:
                 order = np.argsort(-p, kind="stable")[:top]
                 print(json.dumps({
-                    "image": item.uri, "face": k, "box": list(item.boxes[k]), "face_source": item.sources[k],
+                    "image": item.uri, "face": k, "box": list(item.boxes[k]), "face_source": item.face_sources[k],
                     "emotion": classes[int(order[0])], "confidence": round(float(p[order[0]]), 4),
                     "top": [[classes[i], round(float(p[i]), 4)] for i in order],
                 }))
             else:
-                whole = len(item.probs) == 1 and item.sources[0] != "detected"
+                whole = len(item.probs) == 1 and item.face_sources[0] != "detected"
                 label = item.uri if whole else f"{item.uri}#face{k + 1}"
                 print(_line(label, p, classes, top))
     if args.show:

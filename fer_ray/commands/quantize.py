@@ -31,7 +31,7 @@ def run(args) -> int:
     if not quantize.available():
         raise FerRayError(f"this torch has no {quantize.ENGINE} quantised engine")
     pixels = data.load_split(args.data, "Training").pixels
-    meta = bundle_mod.calibrate(args.model, pixels, args.samples, args.seed, source=args.data)
+    meta = bundle_mod.calibrate(args.model, pixels, args.samples, args.seed, calibrated_from=args.data)
     check = bundle_mod.load(args.model, precision="int8")
     images = min(args.samples, len(pixels))
     print(f"{meta['model_id']}: int8 calibration on {images} Training images "

@@ -3,8 +3,8 @@
 FER-2013 was made by registering detected faces to one framing, and a model trained on it knows
 that framing only. We measured where the detector (detector.py) puts the five landmarks inside
 FER-2013 Training crops (`benchmarks/bench_faces.py --framing DATA`: 3,000 random crops, each
-scanned the way a crop is, with a border of a quarter of its side; a face found in 91 % of them):
-TEMPLATE holds the median position of each landmark, as a fraction of the crop's side.
+scanned the way a crop is, with a border of a quarter of its side; figures in docs/benchmarks.md,
+"Faces"): TEMPLATE holds the median position of each landmark, as a fraction of the crop's side.
 
 `align` fits the similarity transform (rotation, one scale, shift) that takes a face's landmarks
 closest to TEMPLATE (least squares) and warps the image with it: the eyes end up where FER-2013's

@@ -3,8 +3,8 @@
 The detector is YuNet (2023mar, "n" model), a 75 k-parameter CNN run by OpenCV's
 `cv2.FaceDetectorYN`; its ONNX file ships in fer_ray/bundles/yunet (licence, origin and checksum
 beside it). It gives a score and five landmarks per face (eyes, nose tip, mouth corners), which
-align.py uses to level and frame each face. It replaced a Haar cascade that found about half the
-faces in crowd and street photos (benchmarks/bench_faces.py; figures in docs/benchmarks.md).
+align.py uses to level and frame each face. It replaced a Haar cascade that missed most faces in
+crowd and street photos (docs/benchmarks.md, "Faces").
 
 How an image is scanned, so that the work is bounded by pixels whatever the file:
 - at most MAX_SIDE on its longer side (larger images are shrunk first; a face must then be about
@@ -30,8 +30,8 @@ from PIL import Image
 
 MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "yunet",
                      "yunet_n_640_640.onnx")
-MAX_SIDE = 800         # longer side of the image the detector scans (bench_faces: as many faces
-                       # found as at 1024, fewer false ones, 0.55x the time)
+MAX_SIDE = 800         # longer side of the image the detector scans: as many faces found as at
+                       # 1024, fewer false ones, in less time (docs/benchmarks.md, "Faces")
 MIN_FACE_PX = 16       # shorter sides below this (in scanned pixels) are not scanned at all
 SCORE = 0.6            # faces below this score are dropped (OpenCV Zoo's default for YuNet)
 NMS = 0.3              # overlap at which two boxes are one face

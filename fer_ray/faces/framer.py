@@ -8,9 +8,9 @@ Training: framer_train.py (`python -m fer_ray.faces.framer_train --data DIR --ou
 The shipped framer lies in fer_ray/bundles/framer (framer.json records how it was trained).
 
 Why: `--faces auto` must tell a crop framed like FER-2013 from one framed otherwise. The detector
-(detector.py) answers that at ~3 ms of CPU per 48-px crop, dozens of times the model's own cost. This network (0.2 M parameters; int8 on
-CPU, about a tenth of the int8 model's time: benchmarks/bench_model.py) answers it for a whole
-batch at once: it regresses the similarity transform (zoom, rotation, translation) that takes
+(detector.py) answers that one crop at a time, at many times the model's own cost per crop. This
+network (0.2 M parameters, int8 on CPU, far cheaper than the model: docs/benchmarks.md, "Model
+forward rate"; docs/labeling.md, "Faces") answers it for a whole batch at once: it regresses the similarity transform (zoom, rotation, translation) that takes
 FER-2013's canonical framing to the crop it is shown, and whether the crop holds a face at all.
 
 It learns from FER-2013 Training only (framer_train.py). Crops the framer takes for no face, or
@@ -94,7 +94,7 @@ _loading = threading.Lock()
 
 def load(path: str = HERE) -> torch.nn.Module | None:
     """The framer at `path` (the shipped one by default), loaded once per process (int8 on CPU
-    where it is calibrated: it then costs about a tenth of what the int8 model does); None if absent."""
+    where it is calibrated, the cheaper by far); None if absent."""
     with _loading:
         if path not in _loaded:
             _loaded[path] = _load(path)

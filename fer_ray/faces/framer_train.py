@@ -136,7 +136,7 @@ def _loss(out, target, face):
     return reg + 0.5 * F.binary_cross_entropy_with_logits(out[:, 5], face)
 
 
-def evaluate(net, pixels: np.ndarray, seed: int = 1) -> dict:
+def framing_errors(net, pixels: np.ndarray, seed: int = 1) -> dict:
     """Median errors of the framing on `pixels` under random framings, and the face rates."""
     gen = torch.Generator().manual_seed(seed)
     x = _inputs(pixels)
@@ -185,7 +185,7 @@ def train(data_dir: str, output: str, epochs: int = 60, batch_size: int = 256, l
             sched.step()
             total += float(loss.detach())
         net.eval()
-        metrics = evaluate(net, val_px[:2000])
+        metrics = framing_errors(net, val_px[:2000])
         log(f"epoch {epoch + 1}/{epochs} loss {total / (b + 1):.4f} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f" ({time.time() - start:.0f} s)")
     os.makedirs(output, exist_ok=True)

@@ -1,8 +1,8 @@
 """From a decoded image to the model's inputs: which faces, framed the way FER-2013 frames them.
 
-    faces(img, mode) -> [Face(box, pixels, source, score)]   the one path every consumer uses
-    faces_many(imgs, mode) -> [[Face], ...]                  the same for a batch of images
-    frame_crops(pixels, mode) -> (uint8 (N,48,48), counts)   a batch of crops from elsewhere
+    faces(img, mode) -> [Face(box, pixels, face_source, score)]   the one path every consumer uses
+    faces_many(imgs, mode) -> [[Face], ...]                       the same for a batch of images
+    frame_crops(pixels, mode) -> (uint8 (N,48,48), counts)        a batch of crops from elsewhere
 
 Crops and photos (detector.crop_like): an image whose shorter side is at most 256 px and whose
 longer side is at most 1.25 times that is a face crop; anything else is a photo.
@@ -35,7 +35,7 @@ from . import align, detector, framer
 from .detector import crop_like
 
 MODES = FACE_MODES
-SOURCES = ("as-framed", "detected", "whole-image")
+FACE_SOURCES = ("as-framed", "detected", "whole-image")
 
 # Where the detector's face box sits in a FER-2013 crop (medians over 3,000 Training crops, as
 # fractions of the side; benchmarks/bench_faces.py --framing): the box the framer path reports.
@@ -57,7 +57,7 @@ Box = tuple[int, int, int, int]
 class Face:
     box: Box  # x, y, w, h in pixels of the upright image, clipped to it
     pixels: np.ndarray  # uint8 (48, 48): the model's input before normalisation
-    source: str  # one of SOURCES
+    face_source: str  # how the face was found, one of FACE_SOURCES: the output's face_source column
     score: float | None = None  # the detector's score (None: not from the detector)
 
 
@@ -158,7 +158,7 @@ def worth_reframing(hint) -> bool:
 
 def frame_crops(pixels, mode: str = "auto", threads: int | None = None) -> tuple[np.ndarray, dict]:
     """uint8 (N, H, W) crops -> each through `faces` (the first face; the whole crop where `detect`
-    finds none) as uint8 (N, 48, 48), and how many came from each source."""
+    finds none) as uint8 (N, 48, 48), and how many crops got each face_source."""
     from ..placement import available_cores
 
     imgs = [Image.fromarray(np.ascontiguousarray(px)) for px in np.asarray(pixels)]
@@ -166,11 +166,11 @@ def frame_crops(pixels, mode: str = "auto", threads: int | None = None) -> tuple
 
     def one(k):
         found = _faces(imgs[k], imgs[k], mode, INPUT_SIZE, hints.get(k))
-        return (found[0].pixels, found[0].source) if found else (to_gray48(imgs[k], INPUT_SIZE), "whole-image")
+        return (found[0].pixels, found[0].face_source) if found else (to_gray48(imgs[k], INPUT_SIZE), "whole-image")
 
     with cf.ThreadPoolExecutor(threads or available_cores()) as pool:  # OpenCV releases the GIL
         done = list(pool.map(one, range(len(imgs))))
-    sources = {s: 0 for s in SOURCES}
+    counts = {s: 0 for s in FACE_SOURCES}
     for _, s in done:
-        sources[s] += 1
-    return np.stack([p for p, _ in done]).astype(np.uint8), sources
+        counts[s] += 1
+    return np.stack([p for p, _ in done]).astype(np.uint8), counts
