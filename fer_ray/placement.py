@@ -10,6 +10,11 @@ import os
 # process (10x slower than at nice 0: docs/benchmarks.md). At nice 0 they get their fair share,
 # as the command's own process does.
 LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+# Ray's switch for a single-machine Ray: with it off, the node's address is the loopback one, and
+# every server a local start opens (GCS, raylet, workers' gRPC, agents, metrics) listens on
+# 127.0.0.1 only. On by default on Linux, when they all listen on every interface, metrics
+# without authentication among them.
+CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ray_init(ray, env: dict | None = None, **kwargs) -> None:
@@ -26,7 +31,18 @@ def start_local(ray, env: dict | None = None, **kwargs) -> None:
     processes read when they start (set here unless already set)."""
     for key, value in (env or {}).items():
         os.environ.setdefault(key, value)
+    _loopback_only()
     ray.init(address="local", include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, **kwargs)
+
+
+def _loopback_only() -> None:
+    """This machine's own Ray listens on 127.0.0.1 only, unless CLUSTER_SWITCH says otherwise.
+    Ray reads the switch when it is imported, so this process's copy is set too; its own
+    processes read it from the environment."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault(CLUSTER_SWITCH, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(CLUSTER_SWITCH, True)
 
 
 def largest_node_cpus(ray, default: float) -> float:
