@@ -6,6 +6,13 @@ from a bench_model.py --json file, so that every figure on the card is derivable
     .venv/bin/python scripts/model_card.py BUNDLE --name fast --speed out/bench_model.json
 
 Hand-written text after the line `<!-- notes -->` in an existing card is kept.
+
+With --check it writes nothing: it compares the figures BUNDLE/MODEL_CARD.md states with those of
+`fer-ray evaluate --out FOLDER` results (metrics.json, and shifts.json where the shift suite ran)
+and exits non-zero naming each figure that differs, and each result computed on prepared data
+whose checksum is not the recorded one (scripts/reproduce_model_card.sh runs it this way):
+
+    .venv/bin/python scripts/model_card.py BUNDLE --check FOLDER [FOLDER ...]
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,6 +49,16 @@ def headline(metrics: dict) -> list[str]:
     if metrics.get("PublicTest"):
         rows.append(f"| PublicTest (selection split) | {pct(metrics['PublicTest'].get('accuracy'))} | |")
     return rows
+
+
+def shift_suite(metrics: dict) -> list[str]:
+    suite = metrics.get("shifts-PrivateTest-int8") or metrics.get("shifts-PrivateTest")
+    if not suite:
+        return []
+    return ["", "## Shift suite (`fer-ray evaluate --shifts`)", "",
+            f"PrivateTest ({suite['n']} images, {suite.get('precision')}) under each shift; 'canonical "
+            "framing' is what `fer-ray label` and `predict` do by default (`--faces auto`).", "",
+            *shifts.table(suite)]
 
 
 def per_class(result: dict, classes: list[str]) -> list[str]:
@@ -87,12 +105,7 @@ def card(path: str, name: str, speed: str | None) -> str:
     if single and single.get("confusion"):
         lines += ["", "Confusion matrix (PrivateTest, single crop, counts) and recall per class:", ""]
         lines += per_class(single, list(meta["classes"]))
-    suite = m.get("shifts-PrivateTest-int8") or m.get("shifts-PrivateTest")
-    if suite:
-        lines += ["", "## Shift suite (`fer-ray evaluate --shifts`)", "",
-                  f"PrivateTest ({suite['n']} images, {suite.get('precision')}) under each shift; 'canonical "
-                  "framing' is what `fer-ray label` and `predict` do by default (`--faces auto`).", ""]
-        lines += shifts.table(suite)
+    lines += shift_suite(m)
     if speed and os.path.exists(speed):
         s = json.load(open(speed))
         r = s["models"].get(meta["model_id"]) or {}
@@ -110,12 +123,109 @@ def card(path: str, name: str, speed: str | None) -> str:
     return "\n".join(lines) + "\n\n" + NOTES + notes
 
 
+# -- what a card states, read back (the lines headline() and shifts.table() write)
+
+HEADLINE_ROW = re.compile(r"^\| (accuracy|not in Training|macro-F1) \((int8|fp32)\) \| (.*?) \| (.*?) \|$")
+HEADLINE_FIELDS = {"accuracy": "accuracy", "not in Training": "not_in_training.accuracy", "macro-F1": "macro_f1"}
+PUBLIC_ROW = re.compile(r"^\| PublicTest \(selection split\) \| (.*?) \|")
+SUITE_LINE = re.compile(r"^(\w+) \((\d+) images, (int8|fp32)\) under each shift")
+SUITE_ROW = re.compile(r"^\| (\*\*mean over shifts\*\*|drop from clean) \| (.*?) \| (.*?) \|")
+CHECKSUM_LINE = re.compile(r"^- data checksum `(\w+)`$")
+CARD_CHECKSUM = ("", "data_checksum")  # the training data's, which the card states for a single model
+
+
+def stated(text: str) -> dict[tuple[str, str], str]:
+    """The figures a card states, as it writes them: {(key of bundle.json's metrics, field): "69.0%"},
+    the field a dotted path into that record ("not_in_training.accuracy", "framed.mean"), and the
+    data checksum under CARD_CHECKSUM when the card states one. A figure shown as missing is left out."""
+    out: dict[tuple[str, str], str] = {}
+    suite = None
+
+    def put(key: str, field: str, cell: str) -> None:
+        cell = cell.strip().strip("*")
+        if cell and cell not in ("—", "nan"):
+            out[(key, field)] = cell
+
+    for line in text.splitlines():
+        if m := HEADLINE_ROW.match(line):
+            name, prec, single, tta = m.groups()
+            key = "PrivateTest" + ("-int8" if prec == "int8" else "")
+            put(key, HEADLINE_FIELDS[name], single)
+            put(key + "-tta", HEADLINE_FIELDS[name], tta)
+        elif m := PUBLIC_ROW.match(line):
+            put("PublicTest", "accuracy", m[1])
+        elif m := SUITE_LINE.match(line):
+            suite = f"shifts-{m[1]}" + ("-int8" if m[3] == "int8" else "")
+            put(suite, "n", m[2])
+        elif suite and (m := SUITE_ROW.match(line)):
+            field = "mean" if "mean" in m[1] else "drop"
+            put(suite, f"model.{field}", m[2])
+            put(suite, f"framed.{field}", m[3])
+        elif m := CHECKSUM_LINE.match(line):
+            out[CARD_CHECKSUM] = m[1]
+    return out
+
+
+def results(folders: list[str]) -> dict[str, dict]:
+    """`fer-ray evaluate --out FOLDER` results, keyed as bundle.json's metrics are (evaluate's own rule)."""
+    out = {}
+    for folder in folders:
+        with open(os.path.join(folder, "metrics.json")) as f:
+            r = json.load(f)
+        int8 = "-int8" if r["precision"] == "int8" else ""
+        out[r["split"] + int8 + ("-tta" if r["tta"] else "")] = r
+        if os.path.exists(os.path.join(folder, "shifts.json")):
+            with open(os.path.join(folder, "shifts.json")) as f:
+                out[f"shifts-{r['split']}" + int8] = json.load(f)
+    return out
+
+
+def check(path: str, folders: list[str], say=print) -> list[str]:
+    """Compare the figures BUNDLE/MODEL_CARD.md states with re-derived results (evaluate's output
+    folders), each written as the card writes it, so at the card's precision: what users read is
+    what is checked. The data each result was computed on must have the checksum the card and
+    bundle.json record for it. Returns the figures that differ ("PrivateTest-int8 accuracy",
+    "shifts-PrivateTest-int8 framed.mean", "PrivateTest-int8 data_checksum"); figures on the card
+    that were not re-derived (fp32 rows, say) are not compared, but at least one must be."""
+    with open(os.path.join(path, "MODEL_CARD.md")) as f:
+        card_says = stated(f.read())
+    recorded = bundle.read_meta(path).get("metrics", {})
+    got = results(folders)
+    rederived = stated("\n".join(headline(got) + shift_suite(got)))
+    bad, keys = [], []
+    for (key, field), want in card_says.items():
+        if (key, field) in rederived:
+            same = rederived[key, field] == want
+            say(f"{key} {field}: re-derived {rederived[key, field]}, card {want}: {'same' if same else 'DIFFERENT'}")
+            bad += [] if same else [f"{key} {field}"]
+            keys += [] if key in keys else [key]
+    if not keys:
+        say("no figure the card states was re-derived")
+        return ["(nothing compared)"]
+    for key in keys:
+        want = {c for c in (card_says.get(CARD_CHECKSUM), (recorded.get(key) or {}).get("data_checksum")) if c}
+        have = got[key].get("data_checksum")
+        same = bool(want) and want == {have}
+        say(f"{key} data_checksum: re-derived {have}, recorded {', '.join(sorted(want)) or 'none'}: "
+            f"{'same' if same else 'DIFFERENT (the prepared data is not the data the figures came from)'}")
+        bad += [] if same else [f"{key} data_checksum"]
+    return bad
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
-    ap.add_argument("--name", required=True, help="the name users pick it by (fast, accurate)")
+    ap.add_argument("--name", help="the name users pick it by (fast, accurate); needed to write the card")
     ap.add_argument("--speed", help="a bench_model.py --json file")
+    ap.add_argument("--check", nargs="+", metavar="FOLDER",
+                    help="compare the card with `fer-ray evaluate --out FOLDER` results instead of writing it")
     args = ap.parse_args()
+    if args.check:
+        bad = check(args.bundle, args.check)
+        sys.exit(f"figures that differ from {os.path.join(args.bundle, 'MODEL_CARD.md')}: {', '.join(bad)}"
+                 if bad else 0)
+    if not args.name:
+        ap.error("--name is required to write a card")
     text = card(args.bundle, args.name, args.speed)
     with open(os.path.join(args.bundle, "MODEL_CARD.md"), "w") as f:
         f.write(text)

@@ -16,6 +16,14 @@ headers; the predicates below name the requests a labeling run makes):
                                    the server (it answered 2xx), then the connection is dropped:
                                    the client never learns that its write happened, and retries
 
+A hold makes requests wait instead, for as long as the test says (a gate it controls):
+
+  proxy.hold(match)                requests that `match` are parked, neither forwarded nor answered,
+                                   until the hold lets them go: `hold.only(match)` narrows what
+                                   waits (parked requests that no longer match go on), and
+                                   `hold.release()` lets everything go. `hold.parked` is how many
+                                   wait now, `hold.held` how many ever waited.
+
 `proxy.counts` says how many of each were injected ("lost_reply" for lost replies), and how many
 requests were forwarded; `proxy.log` lists every request as (Request, what happened to it).
 Clients reach it by pointing AWS_ENDPOINT_URL at `proxy.url`.
@@ -97,6 +105,37 @@ class Rule:
         return True
 
 
+class Hold:
+    def __init__(self, match, timeout_s: float):
+        self.match, self.timeout_s = match, timeout_s
+        self.cond = threading.Condition()
+        self.released = False
+        self.parked = self.held = 0
+
+    def wait(self, request: Request) -> None:
+        """Park `request` while it matches and the hold is not released (at most timeout_s: a test
+        that forgot to release must not hang its S3 clients for ever)."""
+        with self.cond:
+            if self.released or not self.match(request):
+                return
+            self.parked += 1
+            self.held += 1
+            try:
+                self.cond.wait_for(lambda: self.released or not self.match(request), self.timeout_s)
+            finally:
+                self.parked -= 1
+
+    def only(self, match) -> None:
+        with self.cond:
+            self.match = match
+            self.cond.notify_all()
+
+    def release(self) -> None:
+        with self.cond:
+            self.released = True
+            self.cond.notify_all()
+
+
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, kinds=KINDS, seed: int = 0, slow_s: float = 0.5):
         self.upstream = urllib.parse.urlsplit(upstream)
@@ -108,6 +147,7 @@ class FaultProxy:
         self.counts = collections.Counter()
         self.rules: list[Rule] = []  # fail / lose_reply, in the order they were given
         self.log: list[tuple[Request, str]] = []
+        self.holds: list[Hold] = []
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -117,6 +157,8 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc):
+        for hold in list(self.holds):  # parked requests answer before the server goes
+            hold.release()
         self.server.shutdown()
         self.thread.join()
         return False
@@ -136,6 +178,13 @@ class FaultProxy:
         """The next `times` requests that `match` are forwarded, and once the server answered 2xx
         (the write is applied) the connection is dropped instead of answering (None: every one)."""
         return self._add(Rule(match, "lost_reply", times))
+
+    def hold(self, match, timeout_s: float = 600) -> Hold:
+        """Requests that `match` wait until the hold lets them go (Hold.only, Hold.release)."""
+        hold = Hold(match, timeout_s)
+        with self.lock:
+            self.holds.append(hold)
+        return hold
 
     def clear(self) -> None:
         with self.lock:
@@ -174,6 +223,8 @@ class FaultProxy:
             body = b""
         request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
                           {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")})
+        for hold in list(self.holds):
+            hold.wait(request)
         kind = self._draw(request)
         if kind is not None and kind != "slow":
             with self.lock:

@@ -7,7 +7,9 @@ Submission API exactly as `ray job submit --working-dir . -- python jobs/...` se
      bundle land on S3;
   2. labeling, with a fault: while `jobs/label.py` runs, the worker node is killed (SIGKILL of its
      whole process session: a lost machine) and a replacement node joins, as an autoscaler or
-     KubeRay would bring one; the job still succeeds and every image is in the output exactly once;
+     KubeRay would bring one; the job still succeeds and every image is in the output exactly once.
+     The job reads S3 through a proxy (tests/s3faults.py) that holds back reads of the last images
+     until the node is lost, so the loss happens mid-run however fast the machine is;
   3. a scheduled-style incremental run labels only the images added since (since the run of 2, or,
      when 2 committed none, since a small plain run of its own: it fails, never skips, on its own).
 Every process the cluster runs is ended by PID (stop.sh, then a sweep of the sessions it opened),
@@ -36,7 +38,8 @@ from conftest import face_like, image_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(ROOT, "cluster", "local")
-N_IMAGES = 1200  # labeling must run long enough to lose a node in the middle of it
+N_IMAGES = 1200  # 30 blocks of 40: enough that both labeling actors take several
+N_HELD = 80  # the last images: their reads wait until the node is lost, so the run cannot end first
 N_NEW = 7
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -317,37 +320,63 @@ def _norm(uri: str) -> str:
     return uri.split("://", 1)[-1]
 
 
+def _labeling_tasks(cluster: Cluster, job_id: str, node: str | None = None) -> list:
+    """The job's labeling calls: Ray Data's MapWorker(...).submit, one per block. Not its other
+    MapWorker tasks (the constructor, the get_location probe that says an actor is ready), which
+    finish on a node that labeled nothing."""
+    filters = [("job_id", "=", job_id)] + ([("node_id", "=", node)] if node else [])
+    return [t for t in cluster.list("tasks", filters) if t.name.startswith("MapWorker") and t.name.endswith(".submit")]
+
+
+def _until(cluster: Cluster, job: str, what: str, condition, timeout: float = 180):
+    """Poll `condition(job_id)` until true; the job must not end meanwhile (its last reads are held)."""
+    client = cluster.jobs()
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str(client.get_job_status(job).value)
+        assert status not in TERMINAL, f"labeling ended ({status}) while its last reads were held back:\n" \
+            + client.get_job_logs(job)[-6000:]
+        job_id = client.get_job_info(job).job_id
+        if job_id and condition(job_id):
+            return job_id
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f}s"
+        time.sleep(0.3)
+
+
 def test_labeling_survives_losing_a_worker_node_with_every_row_exactly_once(cluster, s3, job_env, trained):
+    from s3faults import FaultProxy, object_get
+
     fs, bucket = s3
     uris = _upload_images(fs, f"{bucket}/images", 0, N_IMAGES)
     node_ids = cluster.node_ids()
     node2 = node_ids[cluster.ip["node2"]]
     argv = ["jobs/label.py", f"s3://{bucket}/images", f"s3://{bucket}/labels", "--model", trained["bundle"],
             "--batch-size", "40", "--workers", "2", "--no-progress"]
-    job = submit(cluster, argv, job_env)
-    client = cluster.jobs()
-    job_id = None
-    deadline = time.monotonic() + 180
-    # wait until the worker node is doing labeling work: a labeling actor alive there that has
-    # already finished batches
-    while True:
-        assert time.monotonic() < deadline, "labeling never ran on the worker node"
-        status = str(client.get_job_status(job).value)
-        assert status not in TERMINAL, f"labeling ended ({status}) before the node could be lost; raise N_IMAGES"
-        job_id = job_id or client.get_job_info(job).job_id
-        if job_id:
-            actors = [a for a in cluster.list("actors", [("job_id", "=", job_id), ("node_id", "=", node2)])
-                      if a.state == "ALIVE" and "MapWorker" in a.class_name]
-            done = [t for t in cluster.list("tasks", [("job_id", "=", job_id), ("node_id", "=", node2)])
-                    if t.state == "FINISHED" and "MapWorker" in t.name]
-            if actors and done:
-                break
-        time.sleep(0.3)
-    lost_at = time.monotonic()
-    cluster.script("stop.sh", "--kill", "node2")  # SIGKILL: raylet, agents, workers, all at once
-    out = cluster.script("add-node.sh")  # the replacement machine
-    assert "node3" in out
-    logs = wait(cluster, job, timeout=240)
+    images = object_get(f"/{bucket}/images/")
+    first_held = f"/{bucket}/images/img_{N_IMAGES - N_HELD:05d}.png"
+
+    def last(r):  # a read of one of the last N_HELD images (the keys sort as their numbers)
+        return images(r) and r.path >= first_held
+
+    with FaultProxy(cluster.s3) as proxy:
+        # No image is read until the worker node's actor has taken a batch: an actor that starts
+        # late would otherwise find the head's actor done with everything the gate lets through.
+        # Blocks go out in order and no batch can finish meanwhile, so what node2 took comes
+        # before the held images.
+        gate = proxy.hold(images)
+        job = submit(cluster, argv, {**job_env, "AWS_ENDPOINT_URL": proxy.url})
+        _until(cluster, job, "no labeling call on the worker node",
+               lambda job_id: _labeling_tasks(cluster, job_id, node2))
+        gate.only(last)
+        job_id = _until(cluster, job, "the worker node finished no batch",
+                        lambda job_id: any(t.state == "FINISHED" for t in _labeling_tasks(cluster, job_id, node2)))
+        assert not proxy.matched(last), "one of the last images was read before the node was lost"
+        lost_at = time.monotonic()
+        cluster.script("stop.sh", "--kill", "node2")  # SIGKILL: raylet, agents, workers, all at once
+        out = cluster.script("add-node.sh")  # the replacement machine
+        assert "node3" in out
+        gate.release()
+        logs = wait(cluster, job, timeout=240)
     recovered_s = time.monotonic() - lost_at
 
     nodes = {n.node_id: n for n in cluster.list("nodes")}
@@ -362,14 +391,14 @@ def test_labeling_survives_losing_a_worker_node_with_every_row_exactly_once(clus
     assert marker["objects"] == marker["rows"] == N_IMAGES and marker["error_rows"] == 0
     assert not fs.glob(f"{bucket}/labels/_staging/*/*.parquet"), "staging left after a committed run"
     # who did the work: the lost node before it died, the others (head, replacement) after
-    tasks = cluster.list("tasks", [("job_id", "=", job_id)])
     per_node = {}
-    for t in tasks:
-        if t.state == "FINISHED" and "MapWorker" in t.name and t.node_id:
+    for t in _labeling_tasks(cluster, job_id):
+        if t.state == "FINISHED" and t.node_id:
             per_node[t.node_id] = per_node.get(t.node_id, 0) + 1
     names = {node2: "node2 (lost)", node3: "node3 (replacement)", node_ids[cluster.ip["head"]]: "head"}
     print(f"\nlabeled {N_IMAGES} images, batches per node {({names.get(k, k): v for k, v in per_node.items()})};"
-          f" job done {recovered_s:.1f}s after losing node2; {marker.get('objects_per_second')} img/s overall")
+          f" job done {recovered_s:.1f}s after losing node2; {marker.get('objects_per_second')} img/s overall;"
+          f" {gate.held} reads held back")
     assert per_node.get(node2) and set(per_node) - {node2}, per_node
     assert "run " in logs
 

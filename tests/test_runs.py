@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import expire_lease
 from fer_ray import runs
 from fer_ray.schema import LABEL_SCHEMA
 
@@ -150,35 +151,46 @@ def test_only_one_of_many_concurrent_runs_takes_the_lease(dest):
     again.release()
 
 
+def _stall(lease: runs.Lease) -> None:
+    """The lease's process stops renewing it (crashed, or frozen), and a renewal already in flight
+    has landed: from here on only the test writes the lease record."""
+    lease._stop.set()
+    with lease._renewing:
+        pass
+
+
+def _expire(lease: runs.Lease) -> None:
+    held, _ = lease._read()
+    assert held["owner"] == lease.owner
+    expire_lease(lease.d.uri)
+
+
 def test_a_crashed_runs_lease_expires_and_only_one_takes_it_over(dest):
     import threading
-    import time
 
-    # ttl long enough that the check below runs before it expires even on a busy machine
-    crashed = runs.Lease(runs.Dest(dest), ttl=4.0, run="crashed").acquire()
-    crashed._stop.set()  # the process died: nobody renews or releases
+    crashed = runs.Lease(runs.Dest(dest), ttl=600, run="crashed").acquire()
+    _stall(crashed)  # the process died: nobody renews or releases
     with pytest.raises(runs.LeaseHeld, match="crashed"):
         runs.Lease(runs.Dest(dest), ttl=60).acquire()
-    held, _ = crashed._read()
-    while time.time() <= held["expires"]:  # wait for the condition itself, not a guessed delay
-        time.sleep(0.05)
+    _expire(crashed)
     barrier = threading.Barrier(4)
-    won = []
+    won, refused = [], []
 
     def contend():
         lease = runs.Lease(runs.Dest(dest), ttl=60)
-        barrier.wait()
+        barrier.wait()  # all find it expired at once
         try:
             won.append(lease.acquire())
-        except runs.LeaseHeld:
-            pass
+        except runs.LeaseHeld as exc:
+            refused.append(str(exc))
 
     threads = [threading.Thread(target=contend) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(won) == 1
+    assert len(won) == 1 and len(refused) == 3, (won, refused)
+    assert won[0]._read()[0]["owner"] == won[0].owner
     won[0].release()
 
 
@@ -187,21 +199,22 @@ def test_a_stalled_run_that_lost_its_lease_does_not_commit(dest):
     wakes up, its renewal sees another owner and its commit is refused."""
     import time
 
-    stalled = runs.Lease(runs.Dest(dest), ttl=1.0).acquire()
-    stalled._stop.set()
-    held, _ = stalled._read()
-    while time.time() <= held["expires"]:
-        time.sleep(0.05)
-    other = runs.Lease(runs.Dest(dest), ttl=60).acquire()
+    # The ttl only sets how often renewals run (ttl/3) once the run wakes up; the expiry is made.
+    stalled = runs.Lease(runs.Dest(dest), ttl=3.0).acquire()
+    _stall(stalled)
+    stalled.check()  # not lost yet: the commit would go ahead
+    _expire(stalled)
+    other = runs.Lease(runs.Dest(dest), ttl=600).acquire()
     stalled._start_renewing()  # it wakes up
-    deadline = time.time() + 30
-    while not stalled.lost and time.time() < deadline:
+    deadline = time.monotonic() + 60
+    while not stalled.lost and time.monotonic() < deadline:
         time.sleep(0.05)
     with pytest.raises(runs.LeaseHeld, match="nothing committed"):
         stalled.check()
     stalled.release()  # must not remove the other run's lease
     assert other._read()[0]["owner"] == other.owner
     other.release()
+    assert other._read() == (None, None)
 
 
 def test_sigterm_releases_the_lease(tmp_path):

@@ -17,11 +17,12 @@ import time
 import pytest
 import s3faults
 import s3fs
+from conftest import expire_lease
 from test_label import _check_rows, _images, _once, _put, _read
 
 from fer_ray import cli, label, runs, storage
 
-ARGV = ["--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress", "--lease-seconds", "3"]
+ARGV = ["--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress"]
 N = 40  # objects per run; ROWS_PER_FILE 20 below: two part files, so two copies at commit
 
 
@@ -110,10 +111,7 @@ def test_a_write_applied_but_never_acknowledged_fails_in_one_true_line_and_the_n
     if "nothing committed" in err:
         committed = [m["run_id"] for m in runs.committed_runs(dest)]
         assert committed == [], f"{err!r}, yet committed: {committed}"
-    lease = runs.Lease(runs.Dest(dest))  # released, or (outage) expiring: --lease-seconds 3
-    deadline = time.monotonic() + 10
-    while float((lease._read()[0] or {}).get("expires", 0)) >= time.time() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    expire_lease(dest, missing_ok=True)  # released, or (an outage) left to expire
     m = label.run(src, dest, faces="crop", batch_size=20, ray=False, progress=False)
     if step == "complete_multipart":  # the completed part was kept: resumed, not labeled again
         assert m["resumed_objects"] == 20
@@ -142,10 +140,7 @@ def test_a_run_whose_marker_landed_is_committed_whatever_fails_after(faulty_s3, 
     faulty_s3.clear()
     faulty_s3.set(0.0)
     _committed_exactly_once(src, dest)
-    lease = runs.Lease(runs.Dest(dest))  # released, or (outage) expiring: --lease-seconds 3
-    deadline = time.monotonic() + 10
-    while float((lease._read()[0] or {}).get("expires", 0)) >= time.time() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    expire_lease(dest, missing_ok=True)  # released, or (an outage) left to expire
     again = label.run(src, dest, faces="crop", batch_size=20, ray=False, progress=False, incremental=True)
     assert again["objects"] == 0 and len(runs.committed_runs(dest)) == 2
     _once(_read(dest), storage.list_objects(src))  # still every object once
@@ -192,10 +187,10 @@ def test_a_run_whose_lease_reply_was_lost_labels_and_does_not_lock_dest(faulty_s
     src, dest = f"{bucket}/in", f"{bucket}/out"
     _put(src, _images(0, 6))
     faulty_s3.lose_reply(s3faults.lease_create, times=1)
-    rc = cli.main(["label", src, dest, *ARGV[:-2], "--lease-seconds", "60"])
+    rc = cli.main(["label", src, dest, *ARGV, "--lease-seconds", "60"])
     err = capsys.readouterr().err.strip()
     assert rc == 0, err
-    assert cli.main(["label", src, dest, *ARGV[:-2], "--lease-seconds", "60"]) == 0, capsys.readouterr().err
+    assert cli.main(["label", src, dest, *ARGV, "--lease-seconds", "60"]) == 0, capsys.readouterr().err
     assert _lease_json(dest) == {}
 
 
@@ -203,7 +198,7 @@ def test_a_renewal_whose_reply_was_lost_keeps_the_lease(faulty_s3, bucket):
     """Renewing is a PUT conditional on the last version read; a lost reply makes the retry fail its
     condition (the ETag changed: by this very write). The lease must not count as lost."""
     dest = f"{bucket}/out"
-    lease = runs.Lease(runs.Dest(dest), ttl=0.9, run="me").acquire()  # renewed every 0.3 s
+    lease = runs.Lease(runs.Dest(dest), ttl=3, run="me").acquire()  # renewed every second
     try:
         faulty_s3.lose_reply(s3faults.lease_replace, times=2)
         deadline = time.monotonic() + 10
