@@ -149,9 +149,12 @@ def main():
     import ray
     from ray import serve
 
+    from fer_ray import placement
     from fer_ray import serve as fer_serve
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    # as `fer-ray serve` starts its Ray: the proxy with its connection time limits (an empty
+    # RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH in the environment measures it without them)
+    placement.start_local(ray, env=fer_serve.PROXY_ENV, log_to_driver=False)
     serve_port, plain_port = free_port(), free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     serve.run(fer_serve.build_app("fast", replicas=args.replicas), name="fer-ray", route_prefix="/")
@@ -159,9 +162,10 @@ def main():
     plain = subprocess.Popen([sys.executable, "-c", UNBATCHED, str(plain_port)], cwd=ROOT, stdout=subprocess.PIPE)
     plain.stdout.readline()  # "ready"
     out = {"cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2), "seconds": args.seconds,
-           "batch": fer_serve.BATCH, "replicas": args.replicas, "results": {}}
+           "batch": fer_serve.BATCH, "replicas": args.replicas,
+           "proxy_limits": bool(os.environ.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")), "results": {}}
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per cell; "
-          f"serve: {args.replicas} replica(s)")
+          f"serve: {args.replicas} replica(s); connection time limits {'on' if out['proxy_limits'] else 'off'}")
     try:
         for name, body in payloads().items():
             for clients in (int(c) for c in args.clients.split(",")):
