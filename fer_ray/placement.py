@@ -17,22 +17,23 @@ LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def ray_init(ray, env: dict | None = None, **kwargs) -> None:
+def ray_init(ray, env: dict | None = None, dashboard: bool = False, **kwargs) -> None:
     """Join the cluster at RAY_ADDRESS (set by `ray job submit`, or `auto` for a running one), or
     start a private local Ray, never some other cluster that happens to run on this machine."""
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
-        start_local(ray, env, **kwargs)
+        start_local(ray, env, dashboard, **kwargs)
 
 
-def start_local(ray, env: dict | None = None, **kwargs) -> None:
+def start_local(ray, env: dict | None = None, dashboard: bool = False, **kwargs) -> None:
     """A private local Ray, its workers at the caller's priority. `env`: variables its own
-    processes read when they start (set here unless already set)."""
+    processes read when they start (set here unless already set). `dashboard`: it serves Ray's
+    state API too, which Ray Train's clean-up actor asks about the run every few seconds."""
     for key, value in (env or {}).items():
         os.environ.setdefault(key, value)
     _loopback_only()
-    ray.init(address="local", include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, **kwargs)
+    ray.init(address="local", include_dashboard=dashboard, runtime_env=LOCAL_RUNTIME_ENV, **kwargs)
 
 
 def _loopback_only() -> None:

@@ -353,9 +353,9 @@ def _run_ray(cfg: TrainConfig) -> tuple[dict, dict]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    if not ray.is_initialized():  # as labeling: RAY_ADDRESS's cluster, or a private local Ray
+        placement.ray_init(ray, dashboard=True)
     if not cfg.cpus_per_worker:  # default: share the cluster's CPUs evenly between the workers
-        if not ray.is_initialized():
-            ray.init()  # what fit() would do: join the running cluster (RAY_ADDRESS / ray start) or start one
         cpus = int(ray.cluster_resources().get("CPU", 1))
         largest = placement.largest_node_cpus(ray, 1)
         cfg = dataclasses.replace(cfg, cpus_per_worker=max(1, min(cpus // cfg.workers, int(largest))))

@@ -196,6 +196,23 @@ def test_single_process_training_runs_without_ray(prepared, tmp_path):
     assert res.returncode != 0 and "blocked for this test: ray" in res.stderr
 
 
+def test_the_command_starts_its_own_ray_when_no_cluster_is_named(prepared, tmp_path):
+    """`fer-ray train --workers 1` without RAY_ADDRESS: a private local Ray (as labeling's), whose
+    Ray Train run finds the state API it asks about the run (no warning every few seconds)."""
+    import subprocess
+    import sys
+
+    argv = ["train", "--data", prepared, "--arch", "fastnet", "--arch-args", json.dumps(TINY_ARGS), "--epochs", "1",
+            "--batch-size", "32", "--workers", "1", "--storage", str(tmp_path), "--name", "own-ray"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-m", "fer_ray.cli", *argv], capture_output=True, text=True, env=env,
+                         timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert bundle.load(str(tmp_path / "own-ray" / "bundle")).meta["training"]["epochs_completed"] == 1
+    assert "State API may be temporarily unavailable" not in out and "Failed to query" not in out
+
+
 def differences(a, b, path="state") -> list[str]:
     """Where two training states differ: tensors to 1e-6, floats to 1e-6 relative, the rest
     exactly; the per-epoch wall times (`time_s`) are not compared."""
