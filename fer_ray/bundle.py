@@ -29,13 +29,13 @@ from . import models, quantize, storage
 from .emotions import EMOTIONS
 from .errors import FerRayError
 from .preprocess import INPUT_SIZE, MEAN, STD, normalize
+from .schema import PRECISIONS
 
 FORMAT = "fer-ray-bundle"
 FORMAT_VERSION = 1
 META_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
 INT8_FILE = "int8.safetensors"
-PRECISIONS = ("auto", "fp32", "int8")
 
 
 class BundleError(FerRayError):

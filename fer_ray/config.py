@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from . import augment as aug
 from .errors import UsageError
-from .schema import FACE_MODES
+from .schema import FACE_MODES, PRECISIONS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "plateau")
@@ -129,7 +129,6 @@ class TrainConfig:
 
 
 KEYS = tuple(f.name for f in fields(TrainConfig))
-PRECISIONS = ("auto", "fp32", "int8")
 
 
 @dataclass

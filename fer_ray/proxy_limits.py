@@ -34,11 +34,13 @@ def install() -> list:
     """Serve's proxy callback: guard uvicorn's connections; the body limits as middleware."""
     from starlette.middleware import Middleware
 
+    from .serve import MAX_REQUEST_BYTES
+
     header_s = _setting("FER_RAY_SERVE_HEADER_TIMEOUT_S", HEADER_TIMEOUT_S)
     for cls in _protocol_classes():
         _guard_headers(cls, header_s)
     return [Middleware(BodyLimits, gap_s=_setting("FER_RAY_SERVE_BODY_GAP_S", BODY_GAP_S),
-                       total_s=_setting("FER_RAY_SERVE_BODY_TIMEOUT_S", BODY_TIMEOUT_S))]
+                       total_s=_setting("FER_RAY_SERVE_BODY_TIMEOUT_S", BODY_TIMEOUT_S), keep_bytes=MAX_REQUEST_BYTES)]
 
 
 def _setting(name: str, default: float) -> float:
@@ -70,10 +72,10 @@ def _guard_headers(cls, timeout_s: float) -> None:
     """Close a connection whose next request header is not complete `timeout_s` after it started.
     uvicorn starts a new `cycle` object when a request's header is complete, so "the header came"
     is "the cycle changed": each wait is armed with the cycle it began under."""
-    if getattr(cls, "_fer_ray_header_timeout", None) is not None:
-        cls._fer_ray_header_timeout = timeout_s
-        return
+    wrapped = hasattr(cls, "_fer_ray_header_timeout")  # a second install only sets the limit
     cls._fer_ray_header_timeout = timeout_s
+    if wrapped:
+        return
     made, received = cls.connection_made, cls.data_received
 
     def connection_made(self, transport):
@@ -106,8 +108,8 @@ def _arm(proto) -> None:
 class BodyLimits:
     """ASGI middleware: the whole request body read under the time limits, then handed on."""
 
-    def __init__(self, app, gap_s: float = BODY_GAP_S, total_s: float = BODY_TIMEOUT_S):
-        self.app, self.gap_s, self.total_s = app, gap_s, total_s
+    def __init__(self, app, gap_s: float, total_s: float, keep_bytes: int):
+        self.app, self.gap_s, self.total_s, self.keep_bytes = app, gap_s, total_s, keep_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -130,8 +132,6 @@ class BodyLimits:
         await self.app(scope, replay, send)
 
     async def _read(self, receive) -> bytes:
-        from .serve import MAX_REQUEST_BYTES
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.total_s
         body = bytearray()
@@ -142,7 +142,7 @@ class BodyLimits:
             message = await asyncio.wait_for(receive(), min(self.gap_s, left))
             if message["type"] == "http.disconnect":
                 raise _Disconnected
-            if len(body) <= MAX_REQUEST_BYTES:  # beyond it, read and dropped: the replica says 413
+            if len(body) <= self.keep_bytes:  # beyond it, read and dropped: the replica says 413
                 body += message.get("body", b"")
             if not message.get("more_body", False):
                 return bytes(body)

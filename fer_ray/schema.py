@@ -44,6 +44,7 @@ LABEL_SCHEMA = pa.schema(
 
 NO_FACE = "no-face"
 FACE_MODES = ("auto", "crop", "detect")  # --faces: fer_ray.faces.framing says what each does
+PRECISIONS = ("auto", "fp32", "int8")  # --precision: how a bundle's model runs (bundle.load)
 
 
 def error_reason(error: str) -> str:

@@ -171,17 +171,25 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _aside(path, data) as tmp:
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _aside(path: str, data: bytes):
+    """`data` in a new file beside `path`, on disk (fsync), for the caller to move into place;
+    removed on the way out if it is still there (a full disk, a size limit, a failed condition):
+    nothing half-written is left behind."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a size limit: nothing half-written is left behind
+        yield tmp
+    finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise
 
 
 # -- conditional writes: what a lease needs (runs.Lease), the same on local disk and S3. A version
@@ -218,24 +226,20 @@ def create_if_absent(uri: str, data: bytes) -> bool:
         return _put_if(uri, data, IfNoneMatch="*")
     path = filesystem(uri)[1]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a filesystem without hard links: exclusive create, then write
+    with _aside(path, data) as tmp:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
-    finally:
-        os.remove(tmp)
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
 
 
 def replace_if_unchanged(uri: str, data: bytes, version: str) -> bool:
@@ -251,10 +255,8 @@ def replace_if_unchanged(uri: str, data: bytes, version: str) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if read_versioned(uri)[1] != version:
             return False
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:6]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with _aside(path, data) as tmp:
+            os.replace(tmp, path)
         return True
 
 

@@ -34,9 +34,11 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def add_arguments(p) -> None:
+    from ..schema import FACE_MODES
+
     p.add_argument("--model", default="fast", metavar="BUNDLE",
                    help="fast (default), accurate, a bundle folder or s3:// URI")
-    p.add_argument("--faces", choices=("auto", "crop", "detect"), default="auto",
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
                    help="which faces, framed how: as `fer-ray label --faces` (default auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
