@@ -6,6 +6,9 @@ import functools
 import io
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 
 import numpy as np
@@ -163,7 +166,6 @@ def expire_lease(dest: str, missing_ok: bool = False) -> None:
     write the lease itself uses, so the lease code sees what it would see once the time had gone
     by, whatever the machine's speed."""
     import json
-    import time
 
     from fer_ray import runs, storage
 
@@ -174,3 +176,43 @@ def expire_lease(dest: str, missing_ok: bool = False) -> None:
     assert held is not None, f"no lease in {dest}"
     held["expires"] = time.time() - 1
     assert storage.replace_if_unchanged(lease.uri, json.dumps(held).encode(), version)
+
+
+def read_lease(dest) -> dict | None:
+    """DEST's lease record as stored (local or S3), read as the lease code reads it; None: no lease."""
+    from fer_ray import runs
+
+    return runs.Lease(runs.Dest(str(dest)))._read()[0]
+
+
+def wait_for(condition, what: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `condition` until true; fail at the deadline, or at once when the child `proc` exits
+    meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the child exited ({proc.returncode}) before {what}: {child_stderr(proc)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def child_stderr(proc: subprocess.Popen) -> str:
+    """The end of an exited child's stderr (when it was piped), for a failure message."""
+    try:
+        return proc.stderr.read()[-3000:] if proc.poll() is not None and proc.stderr else ""
+    except ValueError:
+        return ""
+
+
+def fer_ray_command() -> list[str]:
+    """`fer-ray` as users run it: the console command installed next to this interpreter, else the
+    same entry point through -m."""
+    script = os.path.join(os.path.dirname(sys.executable), "fer-ray")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "fer_ray.cli"]
+
+
+def env_without_cluster(**extra: str) -> dict:
+    """This process's environment for a child fer-ray, without RAY_ADDRESS: no cluster is named, so
+    it labels in its own process or starts its own private local Ray."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **extra}

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import FACE_VARIANTS, expire_lease, face_like, image_bytes, real_face
+from conftest import (FACE_VARIANTS, env_without_cluster, expire_lease, face_like, fer_ray_command, image_bytes,
+                      real_face, wait_for)
 from fer_ray import cli, label, runs, sources, storage
 from fer_ray import labeler as labeler_mod
 from fer_ray.emotions import EMOTIONS
@@ -44,6 +45,14 @@ def _put(prefix, files):
     fs = _s3fs()
     fs.pipe({f"{prefix.split('://', 1)[1]}/{k}": v for k, v in files.items()})
     fs.invalidate_cache()
+
+
+def _save(folder, files) -> set[str]:
+    """_put into a local folder (a pathlib.Path): returns the files' paths."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return {str(folder / name) for name in files}
 
 
 def _read(dest):
@@ -449,15 +458,13 @@ def test_a_local_ray_runs_its_workers_at_the_runs_own_priority():
 
     code = ("import os, ray; from fer_ray import label; label._ray_init(); "
             "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], env=env_without_cluster(), capture_output=True, text=True,
+                         timeout=600)
     assert f"nice {os.nice(0)}" in out.stdout.splitlines(), out.stderr[-2000:]
 
 
 def test_forward_passes_side_by_side_in_this_process_keep_every_row_in_order(tmp_path):
-    for name, data in _images(0, 48).items():
-        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "in" / name).write_bytes(data)
+    _save(tmp_path / "in", _images(0, 48))
     out = {}
     for k in (1, 2):  # blocks of 4: 12 of them, several in the model at once
         marker = label.run(str(tmp_path / "in"), str(tmp_path / f"out{k}"), progress=False, faces="crop",
@@ -555,16 +562,6 @@ def _stopped(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def _wait_for(condition, what: str, timeout: float = 180.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("point", ["part-open", "commit"])
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_run_killed_mid_write_or_mid_commit_resumes_exactly_once(bucket, tmp_path, where, point):
@@ -579,7 +576,7 @@ def test_a_run_killed_mid_write_or_mid_commit_resumes_exactly_once(bucket, tmp_p
     child = subprocess.Popen([sys.executable, "-c", STOPS_AT, point, *argv], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: child.poll() is not None or _stopped(child.pid), f"the run to reach {point}")
+        wait_for(lambda: child.poll() is not None or _stopped(child.pid), f"the run to reach {point}")
         assert child.poll() is None, child.stderr.read().decode()[-2000:]
     finally:
         child.send_signal(signal.SIGKILL)
@@ -618,17 +615,11 @@ def test_labeling_survives_s3_faults(faulty_s3, bucket, rate):
 
 
 def test_an_s3_outage_mid_run_fails_in_one_line_and_the_next_run_resumes(faulty_s3, bucket, monkeypatch, capsys):
-
     src, dest = f"{bucket}/in", f"{bucket}/out"
     _put(src, _images(0, 100))
     monkeypatch.setattr(runs, "ROWS_PER_FILE", 20)
     monkeypatch.setattr(storage, "RETRIES", 2)  # give up quickly
-
-    def a_part_file_completed(method, path, query):
-        return "/_staging/" in path and "/part-" in path and (
-            (method == "PUT" and "uploadId" not in query) or (method == "POST" and "uploadId" in query))
-
-    faulty_s3.outage_after = a_part_file_completed  # from then on every request gets 503 SlowDown
+    faulty_s3.outage_after = _part_completed  # a part file completed: from then on every request gets 503 SlowDown
     argv = [src, dest, "--faces", "crop", "--batch-size", "20", "--no-ray", "--no-progress"]
     assert cli.main(["label", *argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -793,14 +784,10 @@ def test_a_full_disk_is_one_line_and_the_next_run_leaves_nothing_behind(tmp_path
     first Parquet part (6000 bytes). One line, exit 1; the next run labels everything and leaves no
     temporary file anywhere under DEST."""
     import subprocess
-    import sys
 
     src, dest = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    for name, data in _images(0, 12).items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(data)
-    cmd = [sys.executable, "-m", "fer_ray.cli", "label", str(src), str(dest), "--faces", "crop", "--no-progress"]
+    _save(src, _images(0, 12))
+    cmd = [*fer_ray_command(), "label", str(src), str(dest), "--faces", "crop", "--no-progress"]
     limited = subprocess.run(["prlimit", f"--fsize={limit}", "--", *cmd], capture_output=True, text=True, timeout=300)
     assert limited.returncode == 1, limited.stderr[-2000:]
     err = [line for line in limited.stderr.splitlines() if line.startswith("error:")]

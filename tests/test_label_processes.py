@@ -6,7 +6,6 @@ file), block where the test wants them (reading their stdin), and every wait has
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -14,49 +13,17 @@ import subprocess
 import sys
 import time
 
-import pyarrow.dataset as pads
-
-from conftest import face_like, image_bytes
+from conftest import child_stderr, env_without_cluster, fer_ray_command, read_lease, wait_for
 from fer_ray import query, runs
+from test_label import _images, _read, _save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--faces", "crop", "--no-progress", "--no-ray"]  # a dozen crops: in the command's own process
 DEADLINE = 120.0  # seconds any one wait may take before the test fails (a run takes ~3 s)
 
 
-def _fer_ray() -> list[str]:
-    """The installed console command next to this interpreter, else the same entry point via -m."""
-    script = os.path.join(os.path.dirname(sys.executable), "fer-ray")
-    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "fer_ray.cli"]
-
-
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # no cluster: label in-process
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _source(folder, start: int, n: int) -> set[str]:
-    """n generated face crops (PNG and JPEG, some one folder down); returns their paths."""
-    out = set()
-    for i in range(start, start + n):
-        fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
-        path = folder / ("sub/" if i % 4 == 0 else "") / f"img{i:03d}.{ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(image_bytes(face_like(i), fmt))
-        out.add(str(path))
-    return out
-
-
-def _wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = DEADLINE):
-    """Poll `condition` until true; fail at the deadline, or at once when `proc` exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the child exited ({proc.returncode}) before {what}: {_stderr(proc)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
+    return env_without_cluster(PYTHONUNBUFFERED="1")  # no cluster: label in-process
 
 
 def _readline(proc: subprocess.Popen, timeout: float = DEADLINE) -> str:
@@ -64,15 +31,8 @@ def _readline(proc: subprocess.Popen, timeout: float = DEADLINE) -> str:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     assert ready, f"no line from the child in {timeout:.0f} s"
     line = proc.stdout.readline()
-    assert line, f"the child closed stdout (exit {proc.wait(timeout)}): {_stderr(proc)}"
+    assert line, f"the child closed stdout (exit {proc.wait(timeout)}): {child_stderr(proc)}"
     return line.strip()
-
-
-def _stderr(proc: subprocess.Popen) -> str:
-    try:
-        return proc.stderr.read()[-3000:] if proc.poll() is not None and proc.stderr else ""
-    except ValueError:
-        return ""
 
 
 def _end(*procs: subprocess.Popen | None) -> None:
@@ -85,7 +45,7 @@ def _end(*procs: subprocess.Popen | None) -> None:
 
 
 def _label(src, dest, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*_fer_ray(), "label", str(src), str(dest), *FLAGS, *extra], env=_env(), cwd=ROOT,
+    return subprocess.run([*fer_ray_command(), "label", str(src), str(dest), *FLAGS, *extra], env=_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=DEADLINE)
 
 
@@ -94,25 +54,12 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def _rows(dest) -> list[dict]:
-    """Every committed row as (run_id, image_path, face_index): only files listed by the markers."""
-    files = runs.committed_files(str(dest))
-    if not files:
-        return []
-    t = pads.dataset(files, format="parquet").to_table(columns=["run_id", "image_path", "face_index"])
-    return t.to_pylist()
+    """Every committed row: only files listed by the markers."""
+    return _read(str(dest)).to_pylist()
 
 
 def _paths_of(rows, run_id) -> list[str]:
     return sorted(r["image_path"] for r in rows if r["run_id"] == run_id)
-
-
-def _lease(dest) -> dict | None:
-    path = os.path.join(str(dest), runs.LEASE_FILE)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 def _check_markers(dest) -> list[dict]:
@@ -155,20 +102,20 @@ sys.exit(cli.main(["label", *sys.argv[1:]]))
 
 def test_two_concurrent_label_processes_commit_once_and_the_other_exits_in_one_line(tmp_path):
     src, dest = tmp_path / "in", tmp_path / "out"
-    images = _source(src, 0, 12)
+    images = _save(src, _images(0, 12))
     first = second = None
     try:
         first = subprocess.Popen([sys.executable, "-c", PAUSED, str(src), str(dest), *FLAGS], env=_env(), cwd=ROOT,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: os.path.exists(dest / runs.LEASE_FILE), "the first run's lease file", first)
+        wait_for(lambda: os.path.exists(dest / runs.LEASE_FILE), "the first run's lease file", DEADLINE, first)
         line = _readline(first)  # and wait until it is inside its run, between labeling and staging
         assert line.startswith("PAUSED "), line
         first_id = line.split()[1]
-        held = _lease(dest)
+        held = read_lease(dest)
         assert held and held["owner"].split(":")[1] == str(first.pid), held
         staged_info = (dest / runs.STAGING_DIR / first_id / runs.IN_PROGRESS).read_text()
 
-        second = subprocess.Popen([*_fer_ray(), "label", str(src), str(dest), *FLAGS], env=_env(), cwd=ROOT,
+        second = subprocess.Popen([*fer_ray_command(), "label", str(src), str(dest), *FLAGS], env=_env(), cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = second.communicate(timeout=DEADLINE)
         assert second.returncode == 1, (second.returncode, out, err)
@@ -180,8 +127,8 @@ def test_two_concurrent_label_processes_commit_once_and_the_other_exits_in_one_l
 
         # The second touched nothing: the first is still running, its lease and staging are its own,
         # nothing is committed, no other staging folder was made.
-        assert first.poll() is None, _stderr(first)
-        assert _lease(dest)["owner"] == held["owner"]
+        assert first.poll() is None, child_stderr(first)
+        assert read_lease(dest)["owner"] == held["owner"]
         assert os.listdir(dest / runs.STAGING_DIR) == [first_id]
         assert (dest / runs.STAGING_DIR / first_id / runs.IN_PROGRESS).read_text() == staged_info
         assert runs.committed_runs(str(dest)) == []
@@ -197,7 +144,7 @@ def test_two_concurrent_label_processes_commit_once_and_the_other_exits_in_one_l
 
     (m,) = _check_markers(dest)
     assert m["run_id"] == first_id and m["objects"] == 12 and m["rows"] == 12
-    assert _lease(dest) is None  # released at the end of the run
+    assert read_lease(dest) is None  # released at the end of the run
 
     third = _label(src, dest, "--incremental")
     assert third.returncode == 0, third.stderr[-3000:]
@@ -239,7 +186,7 @@ sys.exit(cli.main(["label", *sys.argv[1:]]))
 
 def test_a_run_killed_between_its_marker_and_its_staging_removal_is_committed_once(tmp_path):
     src, dest = tmp_path / "in", tmp_path / "out"
-    images = _source(src, 0, 12)
+    images = _save(src, _images(0, 12))
     killed = subprocess.Popen([sys.executable, "-c", KILLED_AFTER_MARKER, str(src), str(dest), *FLAGS,
                                "--lease-seconds", "600"], env=_env(), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -254,7 +201,7 @@ def test_a_run_killed_between_its_marker_and_its_staging_removal_is_committed_on
     # Where it died: marker written, staging left, lease left (its holder gone, far from expiry).
     assert (dest / runs.RUNS_DIR / f"{run1}.json").is_file()
     assert (dest / runs.STAGING_DIR / run1 / runs.IN_PROGRESS).is_file()
-    left = _lease(dest)
+    left = read_lease(dest)
     assert left and left["owner"].split(":")[1] == str(killed.pid)
     assert left["expires"] - time.time() > 500  # the next run must not be waiting for this
 
@@ -276,7 +223,7 @@ def test_a_run_killed_between_its_marker_and_its_staging_removal_is_committed_on
     assert "being labeled by another run" not in again.stderr
     assert time.monotonic() - t0 < 300  # far less than the 600 s lease: it was not waited out
     assert not (dest / runs.STAGING_DIR).exists()  # the killed run's leftover is gone, nothing else left
-    assert _lease(dest) is None
+    assert read_lease(dest) is None
     markers = _check_markers(dest)
     assert len(markers) == 2, [m["run_id"] for m in markers]  # not the killed run committed over again
     m1_again, m2 = markers
@@ -288,7 +235,7 @@ def test_a_run_killed_between_its_marker_and_its_staging_removal_is_committed_on
     assert len(rows) == 24
 
     # Incremental from here: only what is new since is labeled, once.
-    new = _source(src, 12, 3)
+    new = _save(src, _images(12, 3))
     inc = _label(src, dest, "--incremental")
     assert inc.returncode == 0, inc.stderr[-3000:]
     *_, m3 = _check_markers(dest)

@@ -135,12 +135,12 @@ def test_results_the_card_does_not_state_fail(model_card, tmp_path):
 
 def test_the_script_exits_non_zero_naming_what_differs(tmp_path):
     """What reproduce_model_card.sh relies on: the exit status of `model_card.py --check`."""
-    ok = _results(tmp_path / "ok")
-    p = subprocess.run([sys.executable, SCRIPT, os.path.join(BUNDLES, "fast"), "--check", *ok],
-                       capture_output=True, text=True, timeout=300, check=False)
+    def check(folders):
+        return subprocess.run([sys.executable, SCRIPT, os.path.join(BUNDLES, "fast"), "--check", *folders],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    p = check(_results(tmp_path / "ok"))
     assert p.returncode == 0, p.stderr
     assert "PrivateTest-int8 accuracy: re-derived 69.0%, card 69.0%: same" in p.stdout
-    bad = _results(tmp_path / "bad", change=_accuracy)
-    p = subprocess.run([sys.executable, SCRIPT, os.path.join(BUNDLES, "fast"), "--check", *bad],
-                       capture_output=True, text=True, timeout=300, check=False)
+    p = check(_results(tmp_path / "bad", change=_accuracy))
     assert p.returncode == 1 and "differ from" in p.stderr and "PrivateTest-int8 accuracy" in p.stderr, p.stderr

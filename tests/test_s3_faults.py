@@ -17,7 +17,7 @@ import time
 import pytest
 import s3faults
 import s3fs
-from conftest import expire_lease
+from conftest import expire_lease, read_lease
 from test_label import _check_rows, _images, _once, _put, _read
 
 from fer_ray import cli, label, runs, storage
@@ -149,11 +149,6 @@ def test_a_run_whose_marker_landed_is_committed_whatever_fails_after(faulty_s3, 
 
 # ------------------------------------------------------------------ the lease
 
-def _lease_json(dest: str) -> dict:
-    data, _ = storage.read_versioned(f"{dest}/{runs.LEASE_FILE}")
-    return json.loads(data) if data else {}
-
-
 def test_a_lease_taken_whose_reply_was_lost_is_ours(faulty_s3, bucket):
     dest = f"{bucket}/out"
     lease = runs.Lease(runs.Dest(dest), ttl=30, run="me")
@@ -162,9 +157,9 @@ def test_a_lease_taken_whose_reply_was_lost_is_ours(faulty_s3, bucket):
         lease.acquire()
     finally:
         assert _fates(faulty_s3, s3faults.lease_create)[:2] == ["lost_reply", "forwarded"]  # 412 on the retry
-    assert _lease_json(dest)["owner"] == lease.owner
+    assert read_lease(dest)["owner"] == lease.owner
     lease.release()
-    assert _lease_json(dest) == {}
+    assert read_lease(dest) is None
 
 
 def test_an_expired_lease_taken_over_whose_reply_was_lost_is_ours(faulty_s3, bucket):
@@ -177,7 +172,7 @@ def test_an_expired_lease_taken_over_whose_reply_was_lost_is_ours(faulty_s3, buc
         lease.acquire()
     finally:
         assert _fates(faulty_s3, s3faults.lease_replace)[:1] == ["lost_reply"]
-    assert _lease_json(dest)["owner"] == lease.owner
+    assert read_lease(dest)["owner"] == lease.owner
     lease.release()
 
 
@@ -191,7 +186,7 @@ def test_a_run_whose_lease_reply_was_lost_labels_and_does_not_lock_dest(faulty_s
     err = capsys.readouterr().err.strip()
     assert rc == 0, err
     assert cli.main(["label", src, dest, *ARGV, "--lease-seconds", "60"]) == 0, capsys.readouterr().err
-    assert _lease_json(dest) == {}
+    assert read_lease(dest) is None
 
 
 def test_a_renewal_whose_reply_was_lost_keeps_the_lease(faulty_s3, bucket):
@@ -205,12 +200,12 @@ def test_a_renewal_whose_reply_was_lost_keeps_the_lease(faulty_s3, bucket):
         while _fates(faulty_s3, s3faults.lease_replace).count("forwarded") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert faulty_s3.counts["lost_reply"] == 2
-        held = _lease_json(dest)
+        held = read_lease(dest)
         lease.check()  # not lost
         assert held["owner"] == lease.owner and held["expires"] > time.time()
     finally:
         lease.release()
-    assert _lease_json(dest) == {}
+    assert read_lease(dest) is None
 
 
 # ------------------------------------------------------------------ the Ray path through the proxy

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from conftest import probabilities
+from conftest import env_without_cluster, fer_ray_command, probabilities
 from fer_ray import bundle, cli, data, loop, models, storage, train
 from fer_ray.errors import UsageError
 from test_loop import separable
@@ -200,12 +200,10 @@ def test_the_command_starts_its_own_ray_when_no_cluster_is_named(prepared, tmp_p
     """`fer-ray train --workers 1` without RAY_ADDRESS: a private local Ray (as labeling's), whose
     Ray Train run finds the state API it asks about the run (no warning every few seconds)."""
     import subprocess
-    import sys
 
     argv = ["train", "--data", prepared, "--arch", "fastnet", "--arch-args", json.dumps(TINY_ARGS), "--epochs", "1",
             "--batch-size", "32", "--workers", "1", "--storage", str(tmp_path), "--name", "own-ray"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    res = subprocess.run([sys.executable, "-m", "fer_ray.cli", *argv], capture_output=True, text=True, env=env,
+    res = subprocess.run([*fer_ray_command(), *argv], capture_output=True, text=True, env=env_without_cluster(),
                          timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
